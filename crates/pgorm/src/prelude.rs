@@ -1,0 +1,7 @@
+//! What an application uses every day: `use pgorm::prelude::*;`.
+
+pub use crate::client::{GenericClient, RowStream, StreamingClient};
+pub use crate::error::{OrmError, OrmResult, ValidationError};
+pub use crate::pg_client::{PgClient, PgTransaction};
+pub use crate::pool::PoolConfig;
+pub use tokio_postgres::Row;
