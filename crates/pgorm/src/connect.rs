@@ -37,7 +37,7 @@ where
 
 /// A connection's two halves: the client that sends statements and the
 /// connection that must be polled for anything to happen.
-pub(crate) type Connected = (Client, Box<dyn RawConnection>);
+type Connected = (Client, Box<dyn RawConnection>);
 
 /// Opens connections with one TLS connector.
 pub(crate) trait Connector: Send + Sync + 'static {

@@ -77,6 +77,17 @@ pub enum OrmError {
         after: Duration,
     },
 
+    /// A listener's connection was lost and not re-established: reconnecting
+    /// is disabled (`attempts` is 0) or every attempt failed.
+    #[error("{}", describe_disconnect(*.attempts, .cause))]
+    Disconnected {
+        /// How many reconnect attempts were made.
+        attempts: u32,
+        /// Why the connection was lost, or why the last attempt failed.
+        #[source]
+        cause: Box<OrmError>,
+    },
+
     /// The handle was closed (by `close()`, or because the task behind it
     /// stopped); nothing more will come from it.
     #[error("closed: {reason}")]
@@ -197,6 +208,14 @@ impl From<deadpool_postgres::PoolError> for OrmError {
             PoolError::Backend(source) => OrmError::Connection { source },
             source => OrmError::Pool { source },
         }
+    }
+}
+
+fn describe_disconnect(attempts: u32, cause: &OrmError) -> String {
+    if attempts == 0 {
+        format!("listener connection lost and reconnecting is disabled: {cause}")
+    } else {
+        format!("listener connection lost; gave up after {attempts} reconnect attempts: {cause}")
     }
 }
 

@@ -46,6 +46,8 @@
 //!
 //! | feature | adds |
 //! |---|---|
+//! | `listen` | [`listen`]: LISTEN/NOTIFY — `PgListener` on a dedicated connection, `notify` |
+//! | `tracing` | connection events of listeners through `tracing` (payloads at trace level only) |
 //! | `rustls` | [`tls`]: TLS through rustls with the ring provider |
 
 #![warn(missing_docs)]
@@ -55,6 +57,8 @@ mod client;
 #[cfg_attr(not(feature = "listen"), allow(dead_code))]
 mod connect;
 mod error;
+#[cfg(feature = "listen")]
+pub mod listen;
 mod pg_client;
 mod pool;
 pub mod prelude;
@@ -66,6 +70,9 @@ pub use error::{OrmError, OrmResult, ValidationError};
 pub use pg_client::{PgClient, PgTransaction};
 pub use pool::{create_pool, create_pool_with_config, PoolConfig};
 pub use tokio_postgres::{types::ToSql, Row, Statement};
+
+#[cfg(feature = "listen")]
+pub use listen::{notify, PgListener, PgNotification};
 
 /// The pool pgorm is built on, re-exported so its types match.
 pub use deadpool_postgres;

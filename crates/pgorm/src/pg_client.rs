@@ -9,7 +9,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, NoTls, Row, Socket, Statement};
 
 use crate::client::{GenericClient, Params, RowStream, StreamingClient};
-use crate::connect::{describe_target, Connected, Connector, TlsConnector};
+use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
 use crate::pool::{build_pool, parse_url, PoolConfig};
 
@@ -136,19 +136,11 @@ impl PgClient {
         })
     }
 
-    /// Opens a connection outside the pool, with the same settings and TLS,
-    /// altered by `adjust` (timeouts, keepalives, application name).
+    /// What opens dedicated connections (outside the pool) with this
+    /// client's TLS connector.
     #[cfg_attr(not(feature = "listen"), allow(dead_code))]
-    pub(crate) async fn connect_dedicated(
-        &self,
-        adjust: impl FnOnce(&mut Config),
-    ) -> OrmResult<Connected> {
-        let mut config = Config::clone(&self.config);
-        adjust(&mut config);
-        self.connector
-            .connect(&config)
-            .await
-            .map_err(OrmError::connection)
+    pub(crate) fn connector(&self) -> Arc<dyn Connector> {
+        self.connector.clone()
     }
 }
 

@@ -1,0 +1,384 @@
+//! [`PgListener`], the single-consumer front end of the connection driver,
+//! and [`PgListenerStream`], the same as a `Stream`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Config, NoTls, Socket};
+
+use crate::connect::{describe_target, Connector, TlsConnector};
+use crate::error::{OrmError, OrmResult};
+use crate::listen::channel::validate_channel;
+use crate::listen::config::PgListenerConfig;
+use crate::listen::driver::{self, Command, DriverShared};
+use crate::listen::event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
+use crate::listen::queue::EventQueue;
+use crate::pool::parse_url;
+use crate::PgClient;
+
+/// Receives PostgreSQL notifications on a dedicated connection.
+///
+/// A background task owns the connection: it listens, reads notifications
+/// into a bounded queue (see [`QueuePolicy`](crate::listen::QueuePolicy)),
+/// checks the connection's health, and reconnects after any loss, listening
+/// to every channel again. The consumer reads with [`next`](Self::next),
+/// [`next_event`](Self::next_event) (which also shows the gap markers),
+/// [`try_next`](Self::try_next) or [`into_stream`](Self::into_stream).
+///
+/// Methods that do not receive take `&self`, so a listener can be shared by
+/// reference between the task that consumes and tasks that (un)listen.
+///
+/// Dropping a listener stops its task and closes its connection;
+/// [`close`](Self::close) does the same and reports whether it went cleanly.
+///
+/// ```
+/// use pgorm::listen::PgListener;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> pgorm::OrmResult<()> {
+/// # let database_url = pgorm_testkit::TestServer::shared().url();
+/// let mut listener = PgListener::connect(&database_url).await?;
+/// listener.listen("order_events").await?;
+///
+/// let client = pgorm::PgClient::connect(&database_url).await?;
+/// pgorm::listen::notify(&client, "order_events", "order 42 paid").await?;
+///
+/// if let Some(notification) = listener.next().await {
+///     let notification = notification?;
+///     assert_eq!(notification.channel, "order_events");
+///     assert_eq!(notification.payload, "order 42 paid");
+/// }
+/// listener.close().await?;
+/// # Ok(()) }
+/// ```
+pub struct PgListener {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<DriverShared>,
+    queue: Arc<EventQueue>,
+    task: tokio::task::JoinHandle<()>,
+    target: String,
+}
+
+impl std::fmt::Debug for PgListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgListener")
+            .field("target", &self.target)
+            .field("state", &self.state())
+            .field("channels", &self.channels())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl PgListener {
+    /// Connects without TLS, with the default [`PgListenerConfig`].
+    ///
+    /// # Errors
+    /// [`OrmError::Config`] for an unparsable URL; [`OrmError::Connection`]
+    /// or [`OrmError::Timeout`] when the first connection cannot be opened
+    /// (the first connection is not retried: a wrong URL fails at once).
+    pub async fn connect(database_url: &str) -> OrmResult<PgListener> {
+        Self::connect_with(database_url, PgListenerConfig::default()).await
+    }
+
+    /// Connects without TLS, with `config`.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect), and [`OrmError::Validation`] for an
+    /// invalid setting or channel name in `config`.
+    pub async fn connect_with(
+        database_url: &str,
+        config: PgListenerConfig,
+    ) -> OrmResult<PgListener> {
+        let pg_config = parse_url(database_url)?;
+        Self::start(Arc::new(TlsConnector(NoTls)), pg_config, config).await
+    }
+
+    /// Connects with parsed settings and any tokio-postgres TLS connector.
+    ///
+    /// # Errors
+    /// As [`connect_with`](Self::connect_with).
+    pub async fn connect_with_tls<T>(
+        pg_config: Config,
+        tls: T,
+        config: PgListenerConfig,
+    ) -> OrmResult<PgListener>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        Self::start(Arc::new(TlsConnector(tls)), pg_config, config).await
+    }
+
+    pub(crate) async fn start(
+        connector: Arc<dyn Connector>,
+        pg_config: Config,
+        config: PgListenerConfig,
+    ) -> OrmResult<PgListener> {
+        let target = describe_target(&pg_config);
+        let queue = Arc::new(EventQueue::new(config.queue_capacity, config.queue_policy));
+        let handle = driver::start(connector, pg_config, config, queue.clone()).await?;
+        Ok(PgListener {
+            commands: handle.commands,
+            shared: handle.shared,
+            queue,
+            task: handle.task,
+            target,
+        })
+    }
+
+    /// Starts listening to `channel` (exact and case-sensitive).
+    ///
+    /// Returns once the server has acknowledged: every notification
+    /// committed on `channel` after that is delivered. If the connection is
+    /// down, it returns at once and the channel is listened to as part of
+    /// the reconnect, which a [`ListenerEvent::Reconnected`] announces.
+    ///
+    /// # Errors
+    /// [`OrmError::Validation`] for an empty name, a NUL byte, or more than
+    /// 63 bytes (nothing is sent); [`OrmError::Closed`] after the listener
+    /// has stopped.
+    ///
+    /// # Cancel safety
+    /// If cancelled, the channel may or may not be listened to; it is listed
+    /// by [`channels`](Self::channels) either way.
+    pub async fn listen(&self, channel: &str) -> OrmResult<()> {
+        validate_channel(channel)?;
+        self.command(|reply| Command::Listen(channel.to_owned(), reply))
+            .await
+    }
+
+    /// Stops listening to `channel`. Notifications of that channel already
+    /// queued are still delivered.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen).
+    pub async fn unlisten(&self, channel: &str) -> OrmResult<()> {
+        validate_channel(channel)?;
+        self.command(|reply| Command::Unlisten(channel.to_owned(), reply))
+            .await
+    }
+
+    /// Stops listening to every channel.
+    ///
+    /// # Errors
+    /// [`OrmError::Closed`] after the listener has stopped.
+    pub async fn unlisten_all(&self) -> OrmResult<()> {
+        self.command(Command::UnlistenAll).await
+    }
+
+    async fn command(
+        &self,
+        make: impl FnOnce(oneshot::Sender<OrmResult<()>>) -> Command,
+    ) -> OrmResult<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| OrmError::closed("the listener has stopped"))?;
+        answer
+            .await
+            .map_err(|_| OrmError::closed("the listener has stopped"))?
+    }
+
+    /// The next notification, skipping gap markers.
+    ///
+    /// `None` once the listener has stopped; just before that, one `Err`
+    /// says why if it stopped on its own (for example, it gave up
+    /// reconnecting).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before it completes, no
+    /// notification is lost; it stays queued for the next call.
+    pub async fn next(&mut self) -> Option<OrmResult<PgNotification>> {
+        std::future::poll_fn(|cx| poll_next_notification(&self.queue, cx)).await
+    }
+
+    /// The next event: a notification or, in order with them, a
+    /// [`ListenerEvent::Reconnected`] or [`ListenerEvent::Lagged`] marker.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`next`](Self::next).
+    pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent>> {
+        std::future::poll_fn(|cx| self.queue.poll_next(cx)).await
+    }
+
+    /// The next queued notification without waiting, skipping markers:
+    /// `Ok(None)` when nothing is queued now.
+    ///
+    /// # Errors
+    /// Once the listener has stopped and its queue is empty: the reason it
+    /// stopped, once, then [`OrmError::Closed`].
+    pub fn try_next(&mut self) -> OrmResult<Option<PgNotification>> {
+        loop {
+            match self.queue.try_next() {
+                None => return Ok(None),
+                Some(Some(Ok(ListenerEvent::Notification(notification)))) => {
+                    return Ok(Some(notification))
+                }
+                Some(Some(Ok(_marker))) => continue,
+                Some(Some(Err(error))) => return Err(error),
+                Some(None) => return Err(OrmError::closed("the listener has stopped")),
+            }
+        }
+    }
+
+    /// This listener as a [`Stream`] of notifications (markers skipped).
+    /// Use [`PgListenerStream::events`] for the markers too.
+    pub fn into_stream(self) -> PgListenerStream {
+        PgListenerStream { listener: self }
+    }
+
+    /// Where the connection stands now.
+    pub fn state(&self) -> ListenerState {
+        self.shared.state()
+    }
+
+    /// Counters since the listener was created.
+    pub fn stats(&self) -> ListenerStats {
+        let (delivered, dropped, queued) = self.queue.counts();
+        ListenerStats {
+            received: self
+                .shared
+                .received
+                .load(std::sync::atomic::Ordering::Relaxed),
+            delivered,
+            dropped,
+            reconnects: self
+                .shared
+                .reconnects
+                .load(std::sync::atomic::Ordering::Relaxed),
+            queued,
+        }
+    }
+
+    /// The channels listened to (or to be listened to again after a
+    /// reconnect), sorted.
+    pub fn channels(&self) -> Vec<String> {
+        self.shared.channels()
+    }
+
+    /// Stops listening (`UNLISTEN *`), closes the connection and waits for
+    /// the background task to end. Queued notifications are discarded.
+    ///
+    /// # Errors
+    /// When `UNLISTEN` or the goodbye to the server failed or timed out
+    /// (5 s each); the connection is closed and the task ended regardless.
+    pub async fn close(self) -> OrmResult<()> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.commands.send(Command::Close(reply)).await;
+        let result = match sent {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(OrmError::closed("the listener task ended abnormally"))),
+            // Already stopped (gave up reconnecting): nothing left to close.
+            Err(_) => Ok(()),
+        };
+        let PgListener { task, .. } = self;
+        let _ = task.await;
+        result
+    }
+}
+
+fn poll_next_notification(
+    queue: &EventQueue,
+    cx: &mut Context<'_>,
+) -> Poll<Option<OrmResult<PgNotification>>> {
+    loop {
+        return match queue.poll_next(cx) {
+            Poll::Ready(Some(Ok(ListenerEvent::Notification(notification)))) => {
+                Poll::Ready(Some(Ok(notification)))
+            }
+            Poll::Ready(Some(Ok(_marker))) => continue,
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        };
+    }
+}
+
+/// A [`PgListener`] as a [`Stream`], from [`PgListener::into_stream`].
+///
+/// Yields `OrmResult<PgNotification>` (markers skipped), or
+/// `OrmResult<ListenerEvent>` after [`events`](Self::events). Dropping the
+/// stream drops the listener.
+#[derive(Debug)]
+pub struct PgListenerStream {
+    listener: PgListener,
+}
+
+impl PgListenerStream {
+    /// The same listener as a stream of [`ListenerEvent`]s, markers
+    /// included.
+    pub fn events(self) -> PgListenerEventStream {
+        PgListenerEventStream {
+            listener: self.listener,
+        }
+    }
+
+    /// The listener behind the stream, for `listen`, `state` or `stats`.
+    pub fn listener(&self) -> &PgListener {
+        &self.listener
+    }
+
+    /// Turns the stream back into the listener.
+    pub fn into_inner(self) -> PgListener {
+        self.listener
+    }
+}
+
+impl Stream for PgListenerStream {
+    type Item = OrmResult<PgNotification>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        poll_next_notification(&self.listener.queue, cx)
+    }
+}
+
+/// A [`PgListener`] as a [`Stream`] of [`ListenerEvent`]s, from
+/// [`PgListenerStream::events`].
+#[derive(Debug)]
+pub struct PgListenerEventStream {
+    listener: PgListener,
+}
+
+impl PgListenerEventStream {
+    /// The listener behind the stream.
+    pub fn listener(&self) -> &PgListener {
+        &self.listener
+    }
+}
+
+impl Stream for PgListenerEventStream {
+    type Item = OrmResult<ListenerEvent>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.listener.queue.poll_next(cx)
+    }
+}
+
+impl PgClient {
+    /// A listener on a dedicated connection with this client's settings and
+    /// TLS, and the default [`PgListenerConfig`]. It takes no pool slot.
+    ///
+    /// # Errors
+    /// As [`PgListener::connect`].
+    pub async fn listener(&self) -> OrmResult<PgListener> {
+        self.listener_with(PgListenerConfig::default()).await
+    }
+
+    /// A listener on a dedicated connection with this client's settings and
+    /// TLS, and `config`. It takes no pool slot.
+    ///
+    /// # Errors
+    /// As [`PgListener::connect_with`].
+    pub async fn listener_with(&self, config: PgListenerConfig) -> OrmResult<PgListener> {
+        PgListener::start(self.connector(), self.pg_config().clone(), config).await
+    }
+}
