@@ -35,3 +35,64 @@ pub async fn raw_client(url: &str) -> tokio_postgres::Client {
     tokio::spawn(connection);
     client
 }
+
+/// A name no other test uses, for channels and application names.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends `NOTIFY` through a plain tokio-postgres client.
+pub async fn send(client: &tokio_postgres::Client, channel: &str, payload: &str) {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+        .await
+        .expect("pg_notify");
+}
+
+/// The next event of `listener`, failing the test on a hang or an end.
+pub async fn next_event(listener: &mut pgorm::listen::PgListener) -> pgorm::listen::ListenerEvent {
+    within("the next listener event", listener.next_event())
+        .await
+        .expect("the listener ended")
+        .expect("the listener failed")
+}
+
+/// The next notification of `listener`, failing the test on a hang or an end.
+pub async fn next_notification(
+    listener: &mut pgorm::listen::PgListener,
+) -> pgorm::listen::PgNotification {
+    within("the next notification", listener.next())
+        .await
+        .expect("the listener ended")
+        .expect("the listener failed")
+}
+
+/// Pids of sessions with this application name.
+pub async fn backends_named(client: &tokio_postgres::Client, application_name: &str) -> Vec<i32> {
+    client
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Polls `condition` every 10 ms until it holds, failing after [`HANG`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}

@@ -217,15 +217,24 @@ impl PgListener {
     /// stopped, once, then [`OrmError::Closed`].
     pub fn try_next(&mut self) -> OrmResult<Option<PgNotification>> {
         loop {
-            match self.queue.try_next() {
+            match self.try_next_event()? {
                 None => return Ok(None),
-                Some(Some(Ok(ListenerEvent::Notification(notification)))) => {
-                    return Ok(Some(notification))
-                }
-                Some(Some(Ok(_marker))) => continue,
-                Some(Some(Err(error))) => return Err(error),
-                Some(None) => return Err(OrmError::closed("the listener has stopped")),
+                Some(ListenerEvent::Notification(notification)) => return Ok(Some(notification)),
+                Some(_marker) => continue,
             }
+        }
+    }
+
+    /// The next queued event without waiting, markers included: `Ok(None)`
+    /// when nothing is queued now.
+    ///
+    /// # Errors
+    /// As [`try_next`](Self::try_next).
+    pub fn try_next_event(&mut self) -> OrmResult<Option<ListenerEvent>> {
+        match self.queue.try_next() {
+            None => Ok(None),
+            Some(Some(item)) => item.map(Some),
+            Some(None) => Err(OrmError::closed("the listener has stopped")),
         }
     }
 
