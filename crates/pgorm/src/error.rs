@@ -88,6 +88,27 @@ pub enum OrmError {
         cause: Box<OrmError>,
     },
 
+    /// A notification payload could not be decoded (typed channels). Only
+    /// that one message is affected.
+    #[error("payload on channel {channel:?} could not be decoded: {source}")]
+    Decode {
+        /// The channel it arrived on.
+        channel: String,
+        /// The raw payload, as received.
+        payload: String,
+        /// The decoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A value could not be encoded as a payload (typed channels).
+    #[error("payload could not be encoded: {source}")]
+    Encode {
+        /// The encoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The handle was closed (by `close()`, or because the task behind it
     /// stopped); nothing more will come from it.
     #[error("closed: {reason}")]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::{OrmResult, ValidationError};
 use crate::listen::channel::validate_channel;
+use crate::listen::hooks::{HookSlot, ListenerHooks};
 
 /// What a full queue does with the next notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,6 +48,7 @@ pub struct PgListenerConfig {
     pub(crate) health_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) application_name: String,
+    pub(crate) hooks: HookSlot,
 }
 
 /// The default queue capacity: enough for what one large transaction
@@ -68,6 +70,7 @@ impl Default for PgListenerConfig {
             health_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             application_name: "pgorm-listener".to_string(),
+            hooks: HookSlot::default(),
         }
     }
 }
@@ -162,6 +165,14 @@ impl PgListenerConfig {
     #[must_use]
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.application_name = name.into();
+        self
+    }
+
+    /// Callbacks for connects, disconnects, reconnects, notifications,
+    /// drops and handler failures (default none).
+    #[must_use]
+    pub fn hooks(mut self, hooks: impl ListenerHooks) -> Self {
+        self.hooks = HookSlot(Some(std::sync::Arc::new(hooks)));
         self
     }
 

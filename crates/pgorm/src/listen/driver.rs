@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
@@ -21,6 +21,7 @@ use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::{listen_all, quote_identifier};
 use crate::listen::config::{Jitter, PgListenerConfig};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
+use crate::listen::hooks::HookSlot;
 use crate::listen::queue::Pushed;
 use crate::listen::trace;
 
@@ -48,9 +49,21 @@ pub(crate) trait Sink: Send + Sync + 'static {
 
 /// A request from a front end.
 pub(crate) enum Command {
-    Listen(String, oneshot::Sender<OrmResult<()>>),
+    /// `LISTEN`, answered after the server's acknowledgement. With
+    /// `remember`, the channel is also added to the wanted set (a listener);
+    /// without, the caller manages that set (a hub).
+    Listen {
+        channel: String,
+        remember: bool,
+        reply: oneshot::Sender<OrmResult<()>>,
+    },
     Unlisten(String, oneshot::Sender<OrmResult<()>>),
     UnlistenAll(oneshot::Sender<OrmResult<()>>),
+    /// Bring the server's LISTEN set in line with the wanted channels (sent
+    /// by a hub when a channel's last subscription is dropped).
+    Sync,
+    /// `pg_listening_channels()` of the driver's own session.
+    ServerChannels(oneshot::Sender<OrmResult<Vec<String>>>),
     Close(oneshot::Sender<OrmResult<()>>),
 }
 
@@ -62,6 +75,9 @@ pub(crate) struct DriverShared {
     /// The channels the listener should be listening to: kept across
     /// reconnects, changed at once by commands.
     channels: Mutex<BTreeSet<String>>,
+    /// A [`Command::Sync`] could not be queued (the channel was full); the
+    /// driver syncs after draining its commands.
+    sync_requested: AtomicBool,
 }
 
 impl DriverShared {
@@ -77,7 +93,24 @@ impl DriverShared {
         self.lock_channels().iter().cloned().collect()
     }
 
-    fn lock_channels(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    /// Changes the wanted channels from outside the driver (a hub) and asks
+    /// the driver to apply the change, without waiting for it.
+    pub(crate) fn update_channels(
+        &self,
+        commands: &mpsc::Sender<Command>,
+        change: impl FnOnce(&mut BTreeSet<String>),
+    ) {
+        change(&mut self.lock_channels());
+        // If the command channel is full, the flag is seen when the driver
+        // drains it; the second try covers a driver that drained everything
+        // between the first try and the flag.
+        if let Err(mpsc::error::TrySendError::Full(_)) = commands.try_send(Command::Sync) {
+            self.sync_requested.store(true, Ordering::Release);
+            let _ = commands.try_send(Command::Sync);
+        }
+    }
+
+    pub(crate) fn lock_channels(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         self.channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -112,9 +145,11 @@ pub(crate) async fn start(
         received: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         channels: Mutex::new(config.channels.iter().cloned().collect()),
+        sync_requested: AtomicBool::new(false),
     });
     let (commands, receiver) = mpsc::channel(64);
     let mut driver = Driver {
+        hooks: config.hooks.clone(),
         connector,
         pg_config,
         config,
@@ -152,6 +187,7 @@ pub(crate) async fn start(
 }
 
 struct Driver {
+    hooks: HookSlot,
     connector: Arc<dyn Connector>,
     pg_config: Config,
     config: PgListenerConfig,
@@ -170,6 +206,8 @@ struct Driver {
 struct Session {
     client: Arc<Client>,
     connection: Box<dyn RawConnection>,
+    /// The channels this session has sent `LISTEN` for (and not `UNLISTEN`).
+    listening: BTreeSet<String>,
     operations: Vec<Operation>,
     health: Health,
 }
@@ -187,6 +225,8 @@ enum OperationKind {
         added: Option<String>,
     },
     Health,
+    /// The future answers its caller itself.
+    Answered,
 }
 
 enum Health {
@@ -219,6 +259,37 @@ impl Session {
         });
     }
 
+    /// Sends `LISTEN`/`UNLISTEN` for the difference between `wanted` and what
+    /// this session listens to.
+    fn sync(&mut self, wanted: &BTreeSet<String>) {
+        let mut sql = String::new();
+        for channel in wanted.difference(&self.listening) {
+            sql.push_str(&format!("LISTEN {};", quote_identifier(channel)));
+        }
+        for channel in self.listening.difference(wanted) {
+            sql.push_str(&format!("UNLISTEN {};", quote_identifier(channel)));
+        }
+        if !sql.is_empty() {
+            self.listening = wanted.clone();
+            self.start(sql, OperationKind::Answered);
+        }
+    }
+
+    fn server_channels(&mut self, reply: oneshot::Sender<OrmResult<Vec<String>>>) {
+        let client = self.client.clone();
+        self.operations.push(Operation {
+            future: Box::pin(async move {
+                let channels = client
+                    .query("SELECT pg_listening_channels()", &[])
+                    .await
+                    .map(|rows| rows.iter().map(|row| row.get(0)).collect());
+                let _ = reply.send(channels.map_err(OrmError::query));
+                Ok(())
+            }),
+            kind: OperationKind::Answered,
+        });
+    }
+
     /// Polls every operation; answers those that finished. Returns the
     /// health check's result when it finished.
     fn poll_operations(
@@ -235,6 +306,7 @@ impl Session {
             };
             match self.operations.swap_remove(index).kind {
                 OperationKind::Health => health = Some(result),
+                OperationKind::Answered => {}
                 OperationKind::Command { reply, added } => {
                     let _ = reply.send(match result {
                         Ok(()) => Ok(()),
@@ -283,6 +355,7 @@ impl Driver {
                 }
                 SessionEnd::Lost(cause) => {
                     trace!(warn, "listener connection lost: {cause}");
+                    self.hooks.call(|hooks| hooks.on_disconnect(&cause));
                     session.release();
                     self.blocked = None;
                     match self.reconnect(cause).await {
@@ -339,10 +412,12 @@ impl Driver {
                 }
             }
             let delay = self.config.backoff_delay(attempt, self.jitter.next());
+            trace!(debug, "listener reconnect attempt {attempt} in {delay:?}");
+            self.hooks
+                .call(|hooks| hooks.on_reconnect_attempt(attempt, delay));
             if !delay.is_zero() {
                 self.while_disconnected(tokio::time::sleep(delay)).await?;
             }
-            trace!(debug, "listener reconnect attempt {attempt}");
             let opening = open_session(
                 self.connector.clone(),
                 self.pg_config.clone(),
@@ -393,8 +468,14 @@ impl Driver {
             }
             loop {
                 match self.commands.poll_recv(cx) {
-                    Poll::Ready(Some(Command::Listen(channel, reply))) => {
-                        self.shared.lock_channels().insert(channel);
+                    Poll::Ready(Some(Command::Listen {
+                        channel,
+                        remember,
+                        reply,
+                    })) => {
+                        if remember {
+                            self.shared.lock_channels().insert(channel);
+                        }
                         let _ = reply.send(Ok(()));
                     }
                     Poll::Ready(Some(Command::Unlisten(channel, reply))) => {
@@ -404,6 +485,13 @@ impl Driver {
                     Poll::Ready(Some(Command::UnlistenAll(reply))) => {
                         self.shared.lock_channels().clear();
                         let _ = reply.send(Ok(()));
+                    }
+                    // The reconnect listens to the wanted set as it is then.
+                    Poll::Ready(Some(Command::Sync)) => {}
+                    Poll::Ready(Some(Command::ServerChannels(reply))) => {
+                        let _ = reply.send(Err(OrmError::closed(
+                            "the connection is down; the listener is reconnecting",
+                        )));
                     }
                     Poll::Ready(Some(Command::Close(reply))) => {
                         return Poll::Ready(Err(Stop::Close(reply)));
@@ -456,28 +544,45 @@ impl Driver {
     fn poll_session(&mut self, session: &mut Session, cx: &mut Context<'_>) -> Poll<SessionEnd> {
         loop {
             match self.commands.poll_recv(cx) {
-                Poll::Ready(Some(Command::Listen(channel, reply))) => {
-                    let added = self.shared.lock_channels().insert(channel.clone());
+                Poll::Ready(Some(Command::Listen {
+                    channel,
+                    remember,
+                    reply,
+                })) => {
+                    let added = remember && self.shared.lock_channels().insert(channel.clone());
+                    // Sent even when already listening: the reply must wait
+                    // for an acknowledgement, which an earlier LISTEN still
+                    // in flight may not have had yet.
                     let sql = format!("LISTEN {}", quote_identifier(&channel));
+                    session.listening.insert(channel.clone());
                     let added = added.then_some(channel);
                     session.start(sql, OperationKind::Command { reply, added });
                 }
                 Poll::Ready(Some(Command::Unlisten(channel, reply))) => {
                     self.shared.lock_channels().remove(&channel);
                     let sql = format!("UNLISTEN {}", quote_identifier(&channel));
+                    session.listening.remove(&channel);
                     session.start(sql, OperationKind::Command { reply, added: None });
                 }
                 Poll::Ready(Some(Command::UnlistenAll(reply))) => {
                     self.shared.lock_channels().clear();
+                    session.listening.clear();
                     let kind = OperationKind::Command { reply, added: None };
                     session.start("UNLISTEN *".to_string(), kind);
                 }
+                Poll::Ready(Some(Command::Sync)) => {
+                    session.sync(&self.shared.lock_channels());
+                }
+                Poll::Ready(Some(Command::ServerChannels(reply))) => session.server_channels(reply),
                 Poll::Ready(Some(Command::Close(reply))) => {
                     return Poll::Ready(SessionEnd::Close(reply))
                 }
                 Poll::Ready(None) => return Poll::Ready(SessionEnd::HandleDropped),
                 Poll::Pending => break,
             }
+        }
+        if self.shared.sync_requested.swap(false, Ordering::AcqRel) {
+            session.sync(&self.shared.lock_channels());
         }
         // New statements are polled once before the socket so that their
         // requests go out in this wake-up.
@@ -501,6 +606,14 @@ impl Driver {
             self.shared
                 .received
                 .fetch_add(read as u64, Ordering::Relaxed);
+            self.hooks.call(|hooks| {
+                let start = self.pending.len() - read;
+                for event in self.pending.range(start..) {
+                    if let ListenerEvent::Notification(notification) = event {
+                        hooks.on_notification(notification);
+                    }
+                }
+            });
             self.flush_pending(cx);
         }
         if let Some(end) = end {
@@ -523,6 +636,7 @@ impl Driver {
             let (pushed, dropped) = self.sink.push_batch(&mut self.pending, cx.waker());
             if dropped > 0 {
                 trace!(warn, "listener queue full: dropped {dropped} notifications");
+                self.hooks.call(|hooks| hooks.on_drop(None, dropped));
             }
             if pushed == Pushed::All {
                 self.blocked = None;
@@ -539,6 +653,7 @@ impl Driver {
                 warn,
                 "listener consumer blocked the connection for {timeout:?}: dropping the oldest until it catches up"
             );
+            self.hooks.call(|hooks| hooks.on_block_timeout(timeout));
             self.sink.fall_back_to_dropping();
             self.blocked = None;
         }
@@ -661,6 +776,7 @@ async fn open_session(
         let mut session = Session {
             client: Arc::new(client),
             connection,
+            listening: channels.iter().cloned().collect(),
             operations: Vec::new(),
             health: Health::Idle(Box::pin(tokio::time::sleep(health_interval))),
         };

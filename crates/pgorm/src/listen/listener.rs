@@ -122,7 +122,11 @@ impl PgListener {
         config: PgListenerConfig,
     ) -> OrmResult<PgListener> {
         let target = describe_target(&pg_config);
-        let queue = Arc::new(EventQueue::new(config.queue_capacity, config.queue_policy));
+        let queue = Arc::new(EventQueue::new(
+            config.queue_capacity,
+            config.queue_policy,
+            Arc::default(),
+        ));
         let handle = driver::start(connector, pg_config, config, queue.clone()).await?;
         Ok(PgListener {
             commands: handle.commands,
@@ -150,8 +154,12 @@ impl PgListener {
     /// by [`channels`](Self::channels) either way.
     pub async fn listen(&self, channel: &str) -> OrmResult<()> {
         validate_channel(channel)?;
-        self.command(|reply| Command::Listen(channel.to_owned(), reply))
-            .await
+        self.command(|reply| Command::Listen {
+            channel: channel.to_owned(),
+            remember: true,
+            reply,
+        })
+        .await
     }
 
     /// Stops listening to `channel`. Notifications of that channel already
@@ -163,6 +171,17 @@ impl PgListener {
         validate_channel(channel)?;
         self.command(|reply| Command::Unlisten(channel.to_owned(), reply))
             .await
+    }
+
+    /// What the server says this listener's session listens to
+    /// (`pg_listening_channels()` run on the listener's own connection): a
+    /// diagnostic to compare with [`channels`](Self::channels).
+    ///
+    /// # Errors
+    /// [`OrmError::Closed`] while reconnecting or after the listener has
+    /// stopped; the query's error otherwise.
+    pub async fn server_channels(&self) -> OrmResult<Vec<String>> {
+        server_channels(&self.commands).await
     }
 
     /// Stops listening to every channel.
@@ -293,6 +312,19 @@ impl PgListener {
         let _ = task.await;
         result
     }
+}
+
+/// Asks a driver for `pg_listening_channels()` of its session.
+pub(crate) async fn server_channels(commands: &mpsc::Sender<Command>) -> OrmResult<Vec<String>> {
+    let (reply, answer) = oneshot::channel();
+    let stopped = || OrmError::closed("the listener has stopped");
+    commands
+        .send(Command::ServerChannels(reply))
+        .await
+        .map_err(|_| stopped())?;
+    let mut channels = answer.await.map_err(|_| stopped())??;
+    channels.sort();
+    Ok(channels)
 }
 
 fn poll_next_notification(

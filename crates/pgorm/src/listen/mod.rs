@@ -49,15 +49,25 @@ mod channel;
 mod config;
 mod driver;
 mod event;
+mod handler;
+mod hooks;
+mod hub;
 mod listener;
 mod publish;
 mod queue;
+#[cfg(feature = "json")]
+mod typed;
 
 pub use channel::{validate_channel, MAX_CHANNEL_LEN};
 pub use config::{PgListenerConfig, QueuePolicy, DEFAULT_QUEUE_CAPACITY};
 pub use event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
+pub use handler::{HandlerGuard, HandlerOptions, HandlerStats};
+pub use hooks::ListenerHooks;
+pub use hub::{ChannelStats, HubStats, PgNotifyHub, Subscription};
 pub use listener::{PgListener, PgListenerEventStream, PgListenerStream};
-pub use publish::{notify, validate_payload, MAX_PAYLOAD_LEN};
+pub use publish::{notify, notify_batch, validate_payload, MAX_PAYLOAD_LEN};
+#[cfg(feature = "json")]
+pub use typed::{Channel, TypedEvent, TypedSubscription};
 
 /// Logs through `tracing` with the `tracing` feature; compiles to nothing
 /// (but still type-checks its arguments) without it.

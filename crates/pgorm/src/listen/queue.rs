@@ -3,13 +3,58 @@
 //! the notifications, and wakes each side once per batch.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::{OrmError, OrmResult};
 use crate::listen::config::QueuePolicy;
 use crate::listen::driver::Sink;
-use crate::listen::event::ListenerEvent;
+use crate::listen::event::{ListenerEvent, PgNotification};
+
+/// How a queue holds a notification: owned (one consumer) or shared (a
+/// hub's subscribers, where the copy is made by the consumer that needs it,
+/// on its own task, and only if another subscriber still holds it).
+pub(crate) trait Queued: Send + 'static {
+    fn into_notification(self) -> PgNotification;
+}
+
+impl Queued for PgNotification {
+    fn into_notification(self) -> PgNotification {
+        self
+    }
+}
+
+impl Queued for Arc<PgNotification> {
+    fn into_notification(self) -> PgNotification {
+        Arc::try_unwrap(self).unwrap_or_else(|shared| PgNotification::clone(&shared))
+    }
+}
+
+/// An entry of the queue: a notification or a marker.
+pub(crate) enum Item<N> {
+    Notification(N),
+    Reconnected(u64),
+    Lagged(u64),
+}
+
+impl<N: Queued> Item<N> {
+    fn into_event(self) -> ListenerEvent {
+        match self {
+            Item::Notification(n) => ListenerEvent::Notification(n.into_notification()),
+            Item::Reconnected(generation) => ListenerEvent::Reconnected { generation },
+            Item::Lagged(dropped) => ListenerEvent::Lagged { dropped },
+        }
+    }
+}
+
+/// Counts kept outside the queue's lock, so that several queues (a hub
+/// channel's subscribers) can share one set.
+#[derive(Debug, Default)]
+pub(crate) struct QueueCounters {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
 
 /// What [`EventQueue::push_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,22 +66,21 @@ pub(crate) enum Pushed {
     Blocked,
 }
 
-pub(crate) struct EventQueue {
-    state: Mutex<QueueState>,
+pub(crate) struct EventQueue<N = PgNotification> {
+    state: Mutex<QueueState<N>>,
+    counters: Arc<QueueCounters>,
 }
 
-struct QueueState {
-    events: VecDeque<ListenerEvent>,
-    /// How many of `events` are notifications (markers do not count
-    /// against the capacity).
+struct QueueState<N> {
+    items: VecDeque<Item<N>>,
+    /// How many of `items` are notifications (markers do not count against
+    /// the capacity).
     queued: usize,
     capacity: usize,
     policy: QueuePolicy,
     /// `BlockProducer` timed out and drops the oldest until the consumer has
     /// drained half the queue.
     overflowing: bool,
-    delivered: u64,
-    dropped: u64,
     consumer: Option<Waker>,
     producer: Option<Waker>,
     end: End,
@@ -51,88 +95,62 @@ enum End {
     Drained,
 }
 
-impl EventQueue {
-    pub(crate) fn new(capacity: usize, policy: QueuePolicy) -> Self {
+/// Whether `slot` already holds a waker that wakes the same task as `waker`;
+/// if not, stores a clone.
+fn register(slot: &mut Option<Waker>, waker: &Waker) {
+    if !slot.as_ref().is_some_and(|held| held.will_wake(waker)) {
+        *slot = Some(waker.clone());
+    }
+}
+
+impl<N: Queued> EventQueue<N> {
+    pub(crate) fn new(capacity: usize, policy: QueuePolicy, counters: Arc<QueueCounters>) -> Self {
         EventQueue {
             state: Mutex::new(QueueState {
-                events: VecDeque::with_capacity(capacity.min(1024)),
+                items: VecDeque::with_capacity(capacity.min(1024)),
                 queued: 0,
                 capacity,
                 policy,
                 overflowing: false,
-                delivered: 0,
-                dropped: 0,
                 consumer: None,
                 producer: None,
                 end: End::Open,
             }),
+            counters,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
-        // A panic while holding the lock cannot leave the state half-updated
-        // in a way that matters more than losing the listener.
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<N>> {
+        // The state stays consistent between statements; a panic elsewhere
+        // while holding the lock must not take the listener down with it.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Moves notifications from the front of `batch` into the queue, applying
-    /// the policy, and wakes the consumer once. Returns how many were dropped
-    /// by this call.
-    pub(crate) fn push_batch(
-        &self,
-        batch: &mut VecDeque<ListenerEvent>,
-        producer: &Waker,
-    ) -> (Pushed, u64) {
+    /// Queues `items` under one lock, applying the policy (never blocking),
+    /// and wakes the consumer once. Returns how many notifications it dropped.
+    pub(crate) fn push_all(&self, items: impl IntoIterator<Item = Item<N>>) -> u64 {
         let mut state = self.lock();
-        let dropped_before = state.dropped;
-        let blocking = state.policy == QueuePolicy::BlockProducer && !state.overflowing;
-        let mut pushed = Pushed::All;
-        while let Some(event) = batch.pop_front() {
-            let notification = match event {
-                ListenerEvent::Notification(notification) => notification,
-                marker => {
-                    state.push_marker(marker);
-                    continue;
-                }
-            };
-            if state.queued < state.capacity {
-                state
-                    .events
-                    .push_back(ListenerEvent::Notification(notification));
-                state.queued += 1;
-            } else if blocking {
-                batch.push_front(ListenerEvent::Notification(notification));
-                if !state
-                    .producer
-                    .as_ref()
-                    .is_some_and(|waker| waker.will_wake(producer))
-                {
-                    state.producer = Some(producer.clone());
-                }
-                pushed = Pushed::Blocked;
-                break;
-            } else if state.policy == QueuePolicy::DropNewest {
-                state.dropped += 1;
-                match state.events.back_mut() {
-                    Some(ListenerEvent::Lagged { dropped }) => *dropped += 1,
-                    _ => state.events.push_back(ListenerEvent::Lagged { dropped: 1 }),
-                }
-            } else {
-                state.drop_oldest();
-                state
-                    .events
-                    .push_back(ListenerEvent::Notification(notification));
+        let mut dropped = 0;
+        for item in items {
+            if let Offer::QueuedWithDrop = state.offer(item, false) {
+                dropped += 1;
             }
         }
-        let dropped = state.dropped - dropped_before;
+        self.after_push(state, dropped)
+    }
+
+    fn after_push(&self, mut state: std::sync::MutexGuard<'_, QueueState<N>>, dropped: u64) -> u64 {
         let consumer = state.consumer.take();
         drop(state);
+        if dropped > 0 {
+            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
         if let Some(consumer) = consumer {
             consumer.wake();
         }
-        (pushed, dropped)
+        dropped
     }
 
     /// `BlockProducer` waited too long: drop the oldest from now on, until
@@ -148,61 +166,110 @@ impl EventQueue {
         if matches!(state.end, End::Open) {
             state.end = End::Finished(error);
         }
-        let consumer = state.consumer.take();
-        drop(state);
-        if let Some(consumer) = consumer {
-            consumer.wake();
-        }
+        self.after_push(state, 0);
     }
 
     /// The next event, or `Pending` with the consumer's waker registered.
     ///
     /// Cancel safe: an event is removed only when it is returned.
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<OrmResult<ListenerEvent>>> {
-        let mut state = self.lock();
-        match state.take_next() {
-            Some(item) => {
-                let producer = state.producer_to_wake();
-                drop(state);
-                if let Some(producer) = producer {
-                    producer.wake();
-                }
-                Poll::Ready(item)
-            }
-            None => {
-                if !state
-                    .consumer
-                    .as_ref()
-                    .is_some_and(|waker| waker.will_wake(cx.waker()))
-                {
-                    state.consumer = Some(cx.waker().clone());
-                }
-                Poll::Pending
-            }
+        match self.take_next(Some(cx.waker())) {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
         }
     }
 
     /// The next event if one is queued: `None` when nothing is queued now,
     /// `Some(None)` at the end of the stream.
     pub(crate) fn try_next(&self) -> Option<Option<OrmResult<ListenerEvent>>> {
+        self.take_next(None)
+    }
+
+    fn take_next(&self, consumer: Option<&Waker>) -> Option<Option<OrmResult<ListenerEvent>>> {
         let mut state = self.lock();
-        let item = state.take_next();
-        let producer = state.producer_to_wake();
+        let Some(item) = state.items.pop_front() else {
+            return match std::mem::replace(&mut state.end, End::Drained) {
+                End::Open => {
+                    state.end = End::Open;
+                    if let Some(waker) = consumer {
+                        register(&mut state.consumer, waker);
+                    }
+                    None
+                }
+                End::Finished(Some(error)) => Some(Some(Err(error))),
+                End::Finished(None) | End::Drained => Some(None),
+            };
+        };
+        let is_notification = matches!(item, Item::Notification(_));
+        let mut producer = None;
+        if is_notification {
+            state.queued -= 1;
+            if state.queued <= state.capacity / 2 {
+                state.overflowing = false;
+                // Waking the blocked producer for every free slot would cost
+                // a wake-up per notification: wait until half is free.
+                producer = state.producer.take();
+            }
+        }
         drop(state);
+        if is_notification {
+            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(producer) = producer {
             producer.wake();
         }
-        item
+        // Converting (and, for a shared notification, copying) happens here,
+        // outside the lock, on the consumer's task.
+        Some(Some(Ok(item.into_event())))
     }
 
     /// (delivered, dropped, queued).
     pub(crate) fn counts(&self) -> (u64, u64, usize) {
-        let state = self.lock();
-        (state.delivered, state.dropped, state.queued)
+        let queued = self.lock().queued;
+        (
+            self.counters.delivered.load(Ordering::Relaxed),
+            self.counters.dropped.load(Ordering::Relaxed),
+            queued,
+        )
     }
 }
 
-impl Sink for EventQueue {
+impl EventQueue<PgNotification> {
+    /// Moves events from the front of `batch` into the queue, applying the
+    /// policy, and wakes the consumer once. With `BlockProducer` and a full
+    /// queue, what is left stays in `batch` and `producer` is woken when the
+    /// consumer has made room. Returns how many notifications were dropped.
+    pub(crate) fn push_batch(
+        &self,
+        batch: &mut VecDeque<ListenerEvent>,
+        producer: &Waker,
+    ) -> (Pushed, u64) {
+        let mut state = self.lock();
+        let blocking = state.policy == QueuePolicy::BlockProducer && !state.overflowing;
+        let mut pushed = Pushed::All;
+        let mut dropped = 0;
+        while let Some(event) = batch.pop_front() {
+            let item = match event {
+                ListenerEvent::Notification(notification) => Item::Notification(notification),
+                ListenerEvent::Reconnected { generation } => Item::Reconnected(generation),
+                ListenerEvent::Lagged { dropped } => Item::Lagged(dropped),
+            };
+            match state.offer(item, blocking) {
+                Offer::Queued => {}
+                Offer::QueuedWithDrop => dropped += 1,
+                Offer::Refused(item) => {
+                    batch.push_front(item.into_event());
+                    register(&mut state.producer, producer);
+                    pushed = Pushed::Blocked;
+                    break;
+                }
+            }
+        }
+        (pushed, self.after_push(state, dropped))
+    }
+}
+
+impl Sink for EventQueue<PgNotification> {
     fn push_batch(&self, batch: &mut VecDeque<ListenerEvent>, producer: &Waker) -> (Pushed, u64) {
         EventQueue::push_batch(self, batch, producer)
     }
@@ -216,70 +283,68 @@ impl Sink for EventQueue {
     }
 }
 
-impl QueueState {
-    /// Queues a marker; it does not count against the capacity. Consecutive
-    /// `Reconnected` markers with no notification between them merge into
-    /// the newest (one resync covers both).
-    fn push_marker(&mut self, marker: ListenerEvent) {
-        match (self.events.back_mut(), marker) {
-            (
-                Some(ListenerEvent::Reconnected { generation: last }),
-                ListenerEvent::Reconnected { generation },
-            ) => *last = generation,
-            (_, marker) => self.events.push_back(marker),
-        }
-    }
+/// What [`QueueState::offer`] did with an item.
+enum Offer<N> {
+    Queued,
+    /// Queued, and one notification was dropped by the policy to make room
+    /// (or the item itself was).
+    QueuedWithDrop,
+    /// A blocking queue is full; the notification comes back.
+    Refused(Item<N>),
+}
 
-    /// `Some(item)` if there is something for the consumer; `None` if it must
-    /// wait.
-    fn take_next(&mut self) -> Option<Option<OrmResult<ListenerEvent>>> {
-        if let Some(event) = self.events.pop_front() {
-            if matches!(event, ListenerEvent::Notification(_)) {
-                self.queued -= 1;
-                self.delivered += 1;
-                if self.overflowing && self.queued <= self.capacity / 2 {
-                    self.overflowing = false;
+impl<N> QueueState<N> {
+    /// Queues one item by the policy.
+    fn offer(&mut self, item: Item<N>, blocking: bool) -> Offer<N> {
+        let notification = match item {
+            Item::Notification(notification) => notification,
+            Item::Reconnected(generation) => {
+                // Consecutive reconnects with nothing between them merge: one
+                // resync covers both.
+                match self.items.back_mut() {
+                    Some(Item::Reconnected(last)) => *last = generation,
+                    _ => self.items.push_back(Item::Reconnected(generation)),
                 }
+                return Offer::Queued;
             }
-            return Some(Some(Ok(event)));
-        }
-        match std::mem::replace(&mut self.end, End::Drained) {
-            End::Open => {
-                self.end = End::Open;
-                None
+            marker => {
+                self.items.push_back(marker);
+                return Offer::Queued;
             }
-            End::Finished(Some(error)) => Some(Some(Err(error))),
-            End::Finished(None) | End::Drained => Some(None),
+        };
+        if self.queued < self.capacity {
+            self.items.push_back(Item::Notification(notification));
+            self.queued += 1;
+            return Offer::Queued;
         }
-    }
-
-    /// The blocked producer's waker, once the consumer has drained the queue
-    /// to half: waking it for every free slot would cost a wake-up per
-    /// notification.
-    fn producer_to_wake(&mut self) -> Option<Waker> {
-        if self.queued <= self.capacity / 2 {
-            self.producer.take()
+        if blocking {
+            return Offer::Refused(Item::Notification(notification));
+        }
+        if self.policy == QueuePolicy::DropNewest {
+            match self.items.back_mut() {
+                Some(Item::Lagged(dropped)) => *dropped += 1,
+                _ => self.items.push_back(Item::Lagged(1)),
+            }
         } else {
-            None
+            self.drop_oldest();
+            self.items.push_back(Item::Notification(notification));
         }
+        Offer::QueuedWithDrop
     }
 
     /// Removes the oldest notification and records the gap where it was.
     fn drop_oldest(&mut self) {
         let Some(index) = self
-            .events
+            .items
             .iter()
-            .position(|event| matches!(event, ListenerEvent::Notification(_)))
+            .position(|item| matches!(item, Item::Notification(_)))
         else {
             return;
         };
-        self.events.remove(index);
-        self.dropped += 1;
-        match index.checked_sub(1).map(|before| &mut self.events[before]) {
-            Some(ListenerEvent::Lagged { dropped }) => *dropped += 1,
-            _ => self
-                .events
-                .insert(index, ListenerEvent::Lagged { dropped: 1 }),
+        self.items.remove(index);
+        match index.checked_sub(1).map(|before| &mut self.items[before]) {
+            Some(Item::Lagged(dropped)) => *dropped += 1,
+            _ => self.items.insert(index, Item::Lagged(1)),
         }
     }
 }
@@ -297,6 +362,10 @@ mod tests {
             payload: payload.into(),
             received_at: std::time::SystemTime::UNIX_EPOCH,
         })
+    }
+
+    fn queue(capacity: usize, policy: QueuePolicy) -> EventQueue {
+        EventQueue::new(capacity, policy, Arc::default())
     }
 
     fn batch(payloads: &[&str]) -> VecDeque<ListenerEvent> {
@@ -319,7 +388,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_keeps_the_newest_and_marks_the_gap_before_them() {
-        let queue = EventQueue::new(3, QueuePolicy::DropOldest);
+        let queue = queue(3, QueuePolicy::DropOldest);
         let (pushed, dropped) =
             queue.push_batch(&mut batch(&["1", "2", "3", "4", "5"]), Waker::noop());
         assert_eq!((pushed, dropped), (Pushed::All, 2));
@@ -330,7 +399,7 @@ mod tests {
 
     #[test]
     fn drop_newest_keeps_the_oldest_and_marks_the_gap_after_them() {
-        let queue = EventQueue::new(2, QueuePolicy::DropNewest);
+        let queue = queue(2, QueuePolicy::DropNewest);
         queue.push_batch(&mut batch(&["1", "2", "3", "4"]), Waker::noop());
         assert_eq!(drain(&queue), ["1", "2", "L2"]);
         queue.push_batch(&mut batch(&["5"]), Waker::noop());
@@ -340,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_gap_after_a_reconnect_is_marked_after_the_reconnect() {
-        let queue = EventQueue::new(2, QueuePolicy::DropOldest);
+        let queue = queue(2, QueuePolicy::DropOldest);
         let mut events = batch(&["1"]);
         events.push_back(ListenerEvent::Reconnected { generation: 1 });
         events.extend(batch(&["2", "3", "4"]));
@@ -351,7 +420,7 @@ mod tests {
 
     #[test]
     fn block_producer_keeps_the_rest_and_resumes_at_half() {
-        let queue = EventQueue::new(4, QueuePolicy::BlockProducer);
+        let queue = queue(4, QueuePolicy::BlockProducer);
         let mut rest = batch(&["1", "2", "3", "4", "5", "6"]);
         let (pushed, dropped) = queue.push_batch(&mut rest, Waker::noop());
         assert_eq!((pushed, dropped), (Pushed::Blocked, 0));
@@ -374,7 +443,7 @@ mod tests {
 
     #[test]
     fn block_producer_falls_back_to_drop_oldest_until_half_drained() {
-        let queue = EventQueue::new(4, QueuePolicy::BlockProducer);
+        let queue = queue(4, QueuePolicy::BlockProducer);
         let mut rest = batch(&["1", "2", "3", "4", "5", "6"]);
         queue.push_batch(&mut rest, Waker::noop());
         queue.fall_back_to_dropping();
@@ -389,7 +458,7 @@ mod tests {
 
     #[test]
     fn consecutive_reconnects_merge_into_the_newest() {
-        let queue = EventQueue::new(4, QueuePolicy::DropOldest);
+        let queue = queue(4, QueuePolicy::DropOldest);
         let reconnected = |generation| ListenerEvent::Reconnected { generation };
         let mut events: VecDeque<_> = [reconnected(1), reconnected(2)].into();
         events.extend(batch(&["a"]));
@@ -400,7 +469,7 @@ mod tests {
 
     #[test]
     fn the_end_comes_after_the_queue_with_the_error_once() {
-        let queue = EventQueue::new(4, QueuePolicy::DropOldest);
+        let queue = queue(4, QueuePolicy::DropOldest);
         queue.push_batch(&mut batch(&["last"]), Waker::noop());
         queue.finish(Some(OrmError::closed("test")));
         assert!(matches!(
@@ -417,7 +486,7 @@ mod tests {
 
     #[test]
     fn an_open_empty_queue_has_nothing_yet() {
-        let queue = EventQueue::new(4, QueuePolicy::DropOldest);
+        let queue = queue(4, QueuePolicy::DropOldest);
         assert!(queue.try_next().is_none());
     }
 }

@@ -1,0 +1,84 @@
+//! Observability hooks: [`ListenerHooks`], called by listeners and hubs at
+//! every event an operator may want to count or log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::OrmError;
+use crate::listen::event::PgNotification;
+
+/// Callbacks for what happens to a listener or hub. Every method has a
+/// no-op default: implement the ones you need, and pass the value to
+/// [`PgListenerConfig::hooks`](crate::listen::PgListenerConfig::hooks).
+///
+/// Hooks run on the listener's background task (handler hooks on the
+/// handler's dispatcher): keep them short and never block. With the
+/// `tracing` feature the same events are also logged.
+///
+/// On a reconnect the order is: [`on_disconnect`](Self::on_disconnect),
+/// then [`on_reconnect_attempt`](Self::on_reconnect_attempt) for each
+/// attempt, then [`on_reconnect`](Self::on_reconnect) once every channel is
+/// listened to again.
+pub trait ListenerHooks: Send + Sync + 'static {
+    /// The first connection is up and listening.
+    fn on_connect(&self) {}
+    /// The connection was lost; `cause` says why.
+    fn on_disconnect(&self, cause: &OrmError) {
+        let _ = cause;
+    }
+    /// Reconnect attempt number `attempt` (from 1) starts after `delay`.
+    fn on_reconnect_attempt(&self, attempt: u32, delay: Duration) {
+        let _ = (attempt, delay);
+    }
+    /// A reconnect completed after `attempts` attempts; `generation` counts
+    /// reconnects.
+    fn on_reconnect(&self, generation: u64, attempts: u32) {
+        let _ = (generation, attempts);
+    }
+    /// A notification was read from the connection.
+    fn on_notification(&self, notification: &PgNotification) {
+        let _ = notification;
+    }
+    /// A queue policy dropped `dropped` notifications (`channel` is known for
+    /// a hub subscription).
+    fn on_drop(&self, channel: Option<&str>, dropped: u64) {
+        let _ = (channel, dropped);
+    }
+    /// A `BlockProducer` queue blocked the connection for longer than the
+    /// block timeout; the listener now drops the oldest until it catches up.
+    fn on_block_timeout(&self, blocked_for: Duration) {
+        let _ = blocked_for;
+    }
+    /// A handler returned an error.
+    fn on_handler_error(&self, channel: &str, error: &(dyn std::error::Error + Send + Sync)) {
+        let _ = (channel, error);
+    }
+    /// A handler panicked; the panic was contained.
+    fn on_handler_panic(&self, channel: &str) {
+        let _ = channel;
+    }
+    /// A handler ran longer than its timeout and was cancelled.
+    fn on_handler_timeout(&self, channel: &str, after: Duration) {
+        let _ = (channel, after);
+    }
+}
+
+/// The optional hooks of a configuration; `Debug` says only whether there
+/// are some.
+#[derive(Clone, Default)]
+pub(crate) struct HookSlot(pub(crate) Option<Arc<dyn ListenerHooks>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
+impl HookSlot {
+    /// Calls `event` on the hooks, if there are any.
+    pub(crate) fn call(&self, event: impl FnOnce(&dyn ListenerHooks)) {
+        if let Some(hooks) = &self.0 {
+            event(hooks.as_ref());
+        }
+    }
+}

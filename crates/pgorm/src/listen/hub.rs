@@ -1,0 +1,616 @@
+//! [`PgNotifyHub`]: one dedicated connection, many in-process subscribers.
+//! The connection driver is the listener's; the hub's part is the router
+//! that copies each notification into the queue of every subscription of its
+//! channel.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures_core::Stream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Config, NoTls, Socket};
+
+use crate::connect::{describe_target, Connector, TlsConnector};
+use crate::error::{OrmError, OrmResult, ValidationError};
+use crate::listen::channel::validate_channel;
+use crate::listen::config::{PgListenerConfig, QueuePolicy};
+use crate::listen::driver::{self, Command, DriverShared, Sink};
+use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
+use crate::listen::hooks::HookSlot;
+use crate::listen::listener::server_channels;
+use crate::listen::queue::{EventQueue, Item, Pushed, QueueCounters};
+use crate::pool::parse_url;
+use crate::PgClient;
+
+type SharedQueue = EventQueue<Arc<PgNotification>>;
+
+/// Fans one dedicated connection out to many subscribers in this process.
+///
+/// Cheap to clone; clones share the connection. Each [`Subscription`] has
+/// its own bounded queue and policy, so a slow subscriber never delays or
+/// drops notifications for another. The first subscription of a channel
+/// sends `LISTEN`; when the last one is dropped, the hub sends `UNLISTEN`.
+/// Reconnects, health checks and hooks are the listener's
+/// ([`PgListenerConfig`]); every subscription gets the `Reconnected`
+/// marker in order with its notifications.
+///
+/// The connection closes when [`close`](Self::close) is called, or when the
+/// last clone of the hub is dropped (subscriptions keep receiving until
+/// then: they hold no reference to the hub's connection).
+///
+/// ```
+/// use pgorm::listen::PgNotifyHub;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> pgorm::OrmResult<()> {
+/// # let database_url = pgorm_testkit::TestServer::shared().url();
+/// let hub = PgNotifyHub::connect(&database_url).await?;
+/// let mut cache = hub.subscribe("cache_invalidate").await?;
+/// let mut audit = hub.subscribe("cache_invalidate").await?;
+///
+/// let client = pgorm::PgClient::connect(&database_url).await?;
+/// pgorm::notify(&client, "cache_invalidate", "user:7").await?;
+///
+/// assert_eq!(cache.next().await.unwrap()?.payload, "user:7");
+/// assert_eq!(audit.next().await.unwrap()?.payload, "user:7");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgNotifyHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<DriverShared>,
+    router: Arc<Router>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    target: String,
+}
+
+impl std::fmt::Debug for PgNotifyHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgNotifyHub")
+            .field("target", &self.inner.target)
+            .field("state", &self.state())
+            .field("channels", &self.inner.shared.channels())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of one channel of a hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStats {
+    /// The channel.
+    pub channel: String,
+    /// Live subscriptions.
+    pub subscribers: usize,
+    /// Notifications that arrived on the channel (counted once, however
+    /// many subscribers it has).
+    pub received: u64,
+    /// Notifications handed to subscribers (one per subscriber that took it).
+    pub delivered: u64,
+    /// Notifications dropped by subscriber queue policies (one per
+    /// subscriber that dropped it).
+    pub dropped: u64,
+}
+
+/// Counters of a hub.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Notifications read from the connection.
+    pub received: u64,
+    /// Notifications that arrived for a channel with no subscription left
+    /// (its `UNLISTEN` was still on the way).
+    pub unrouted: u64,
+    /// Completed reconnects.
+    pub reconnects: u64,
+    /// Per channel with at least one subscription, sorted by name.
+    pub channels: Vec<ChannelStats>,
+}
+
+impl PgNotifyHub {
+    /// Connects without TLS, with the default [`PgListenerConfig`].
+    ///
+    /// # Errors
+    /// As [`PgListener::connect`](crate::listen::PgListener::connect).
+    pub async fn connect(database_url: &str) -> OrmResult<PgNotifyHub> {
+        Self::connect_with(database_url, PgListenerConfig::default()).await
+    }
+
+    /// Connects without TLS with `config`. Its queue capacity and policy are
+    /// the defaults of [`subscribe`](Self::subscribe).
+    ///
+    /// # Errors
+    /// As [`PgListener::connect_with`](crate::listen::PgListener::connect_with);
+    /// [`OrmError::Validation`] also when `config` has channels (subscribe
+    /// instead) or the `BlockProducer` policy (see
+    /// [`subscribe_with`](Self::subscribe_with)).
+    pub async fn connect_with(
+        database_url: &str,
+        config: PgListenerConfig,
+    ) -> OrmResult<PgNotifyHub> {
+        let pg_config = parse_url(database_url)?;
+        Self::start(Arc::new(TlsConnector(NoTls)), pg_config, config).await
+    }
+
+    /// Connects with parsed settings and any tokio-postgres TLS connector.
+    ///
+    /// # Errors
+    /// As [`connect_with`](Self::connect_with).
+    pub async fn connect_with_tls<T>(
+        pg_config: Config,
+        tls: T,
+        config: PgListenerConfig,
+    ) -> OrmResult<PgNotifyHub>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        Self::start(Arc::new(TlsConnector(tls)), pg_config, config).await
+    }
+
+    pub(crate) async fn start(
+        connector: Arc<dyn Connector>,
+        pg_config: Config,
+        config: PgListenerConfig,
+    ) -> OrmResult<PgNotifyHub> {
+        if !config.channels.is_empty() {
+            return Err(ValidationError::Setting {
+                setting: "channels",
+                reason: "a hub listens to the channels of its subscriptions; subscribe instead"
+                    .into(),
+            }
+            .into());
+        }
+        check_policy(config.queue_policy)?;
+        let target = describe_target(&pg_config);
+        let router = Arc::new(Router {
+            routes: Mutex::new(HashMap::new()),
+            reconnects: watch::channel(0).0,
+            unrouted: AtomicU64::new(0),
+            finished: Mutex::new(None),
+            hooks: config.hooks.clone(),
+            capacity: config.queue_capacity,
+            policy: config.queue_policy,
+        });
+        let handle = driver::start(connector, pg_config, config, router.clone()).await?;
+        Ok(PgNotifyHub {
+            inner: Arc::new(HubInner {
+                commands: handle.commands,
+                shared: handle.shared,
+                router,
+                task: Mutex::new(Some(handle.task)),
+                target,
+            }),
+        })
+    }
+
+    /// Subscribes to `channel` with the hub's default queue capacity and
+    /// policy. Returns once the hub's session listens to the channel (at
+    /// once while it is reconnecting: the reconnect listens to it).
+    ///
+    /// # Errors
+    /// [`OrmError::Validation`] for an invalid channel name;
+    /// [`OrmError::Closed`] after the hub has stopped.
+    pub async fn subscribe(&self, channel: &str) -> OrmResult<Subscription> {
+        let router = &self.inner.router;
+        self.subscribe_with(channel, router.capacity, router.policy)
+            .await
+    }
+
+    /// Subscribes to `channel` with its own queue capacity and policy.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe). [`QueuePolicy::BlockProducer`] is
+    /// refused with [`OrmError::Validation`]: it would stop the shared
+    /// connection and stall every other subscriber; use a
+    /// [`PgListener`](crate::listen::PgListener) for that.
+    pub async fn subscribe_with(
+        &self,
+        channel: &str,
+        capacity: usize,
+        policy: QueuePolicy,
+    ) -> OrmResult<Subscription> {
+        validate_channel(channel)?;
+        check_policy(policy)?;
+        if capacity == 0 {
+            return Err(ValidationError::Setting {
+                setting: "capacity",
+                reason: "must be at least 1".into(),
+            }
+            .into());
+        }
+        let subscription = self
+            .inner
+            .router
+            .add(&self.inner, channel, capacity, policy)?;
+        let (reply, answer) = oneshot::channel();
+        let stopped = || OrmError::closed("the hub has stopped");
+        self.inner
+            .commands
+            .send(Command::Listen {
+                channel: channel.to_owned(),
+                remember: false,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())??;
+        Ok(subscription)
+    }
+
+    /// The reconnect generation as a [`watch`] channel: 0 until the first
+    /// reconnect, then 1, 2, … For code that prefers watching a counter to
+    /// reading the in-order `Reconnected` markers.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.inner.router.reconnects.subscribe()
+    }
+
+    /// Where the connection stands now.
+    pub fn state(&self) -> ListenerState {
+        self.inner.shared.state()
+    }
+
+    pub(crate) fn hooks(&self) -> HookSlot {
+        self.inner.router.hooks.clone()
+    }
+
+    /// Counters of the hub and of each subscribed channel.
+    pub fn stats(&self) -> HubStats {
+        let routes = self.inner.router.lock();
+        let mut channels: Vec<ChannelStats> = routes
+            .iter()
+            .map(|(channel, route)| ChannelStats {
+                channel: channel.clone(),
+                subscribers: route.subscribers.len(),
+                received: route.received,
+                delivered: route.counters.delivered.load(Ordering::Relaxed),
+                dropped: route.counters.dropped.load(Ordering::Relaxed),
+            })
+            .collect();
+        drop(routes);
+        channels.sort_by(|a, b| a.channel.cmp(&b.channel));
+        HubStats {
+            received: self.inner.shared.received.load(Ordering::Relaxed),
+            unrouted: self.inner.router.unrouted.load(Ordering::Relaxed),
+            reconnects: self.inner.shared.reconnects.load(Ordering::Relaxed),
+            channels,
+        }
+    }
+
+    /// What the server says the hub's session listens to
+    /// (`pg_listening_channels()` on the hub's own connection), sorted.
+    ///
+    /// # Errors
+    /// [`OrmError::Closed`] while reconnecting or after the hub has stopped.
+    pub async fn server_channels(&self) -> OrmResult<Vec<String>> {
+        server_channels(&self.inner.commands).await
+    }
+
+    /// Closes the connection (after `UNLISTEN *`) and stops the hub for every
+    /// clone. Subscriptions receive what was queued, then `None`.
+    ///
+    /// # Errors
+    /// As [`PgListener::close`](crate::listen::PgListener::close).
+    pub async fn close(&self) -> OrmResult<()> {
+        let (reply, answer) = oneshot::channel();
+        let result = match self.inner.commands.send(Command::Close(reply)).await {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(OrmError::closed("the hub task ended abnormally"))),
+            Err(_) => Ok(()),
+        };
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+fn check_policy(policy: QueuePolicy) -> OrmResult<()> {
+    if policy == QueuePolicy::BlockProducer {
+        return Err(ValidationError::Setting {
+            setting: "queue_policy",
+            reason: "BlockProducer would stall every subscriber of the shared connection; \
+                     hub subscriptions drop (DropOldest or DropNewest), or use a PgListener"
+                .into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The hub's [`Sink`]: channel name → subscriptions.
+struct Router {
+    routes: Mutex<HashMap<String, Route>>,
+    reconnects: watch::Sender<u64>,
+    unrouted: AtomicU64,
+    /// Why the hub stopped, for subscriptions made after it did.
+    finished: Mutex<Option<String>>,
+    hooks: HookSlot,
+    capacity: usize,
+    policy: QueuePolicy,
+}
+
+struct Route {
+    subscribers: Vec<(u64, Arc<SharedQueue>)>,
+    counters: Arc<QueueCounters>,
+    received: u64,
+}
+
+impl Router {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(
+        &self,
+        hub: &Arc<HubInner>,
+        channel: &str,
+        capacity: usize,
+        policy: QueuePolicy,
+    ) -> OrmResult<Subscription> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let mut routes = self.lock();
+        if let Some(reason) = self
+            .finished
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            return Err(OrmError::closed(format!("the hub has stopped: {reason}")));
+        }
+        let route = routes.entry(channel.to_owned()).or_insert_with(|| Route {
+            subscribers: Vec::new(),
+            counters: Arc::default(),
+            received: 0,
+        });
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(EventQueue::new(capacity, policy, route.counters.clone()));
+        route.subscribers.push((id, queue.clone()));
+        // The wanted set changes under the routes lock, so it always matches
+        // the routes.
+        hub.shared.lock_channels().insert(channel.to_owned());
+        Ok(Subscription {
+            channel: channel.to_owned(),
+            id,
+            queue,
+            hub: Arc::downgrade(hub),
+        })
+    }
+
+    fn remove(&self, hub: &HubInner, channel: &str, id: u64) {
+        let mut routes = self.lock();
+        let Some(route) = routes.get_mut(channel) else {
+            return;
+        };
+        route
+            .subscribers
+            .retain(|(subscriber, _)| *subscriber != id);
+        if route.subscribers.is_empty() {
+            routes.remove(channel);
+            hub.shared.update_channels(&hub.commands, |wanted| {
+                wanted.remove(channel);
+            });
+        }
+    }
+
+    /// Copies `notifications` (all of `channel`) into every subscription of
+    /// the channel: one lock and one wake-up per subscription.
+    fn deliver(
+        &self,
+        routes: &mut HashMap<String, Route>,
+        channel: &str,
+        notifications: &[Arc<PgNotification>],
+    ) {
+        let Some(route) = routes.get_mut(channel) else {
+            self.unrouted
+                .fetch_add(notifications.len() as u64, Ordering::Relaxed);
+            return;
+        };
+        route.received += notifications.len() as u64;
+        for (_, queue) in &route.subscribers {
+            let dropped = queue.push_all(notifications.iter().cloned().map(Item::Notification));
+            if dropped > 0 {
+                self.hooks
+                    .call(|hooks| hooks.on_drop(Some(channel), dropped));
+            }
+        }
+    }
+}
+
+impl Sink for Router {
+    fn push_batch(&self, batch: &mut VecDeque<ListenerEvent>, _producer: &Waker) -> (Pushed, u64) {
+        let mut routes = self.lock();
+        // Notifications between markers, grouped by channel in arrival order.
+        let mut groups: Vec<(String, Vec<Arc<PgNotification>>)> = Vec::new();
+        let flush = |routes: &mut HashMap<String, Route>,
+                     groups: &mut Vec<(String, Vec<Arc<PgNotification>>)>| {
+            for (channel, notifications) in groups.drain(..) {
+                self.deliver(routes, &channel, &notifications);
+            }
+        };
+        for event in batch.drain(..) {
+            match event {
+                ListenerEvent::Notification(notification) => {
+                    match groups
+                        .iter_mut()
+                        .find(|(channel, _)| *channel == notification.channel)
+                    {
+                        Some((_, group)) => group.push(Arc::new(notification)),
+                        None => {
+                            let channel = notification.channel.clone();
+                            groups.push((channel, vec![Arc::new(notification)]));
+                        }
+                    }
+                }
+                ListenerEvent::Reconnected { generation } => {
+                    flush(&mut *routes, &mut groups);
+                    for route in routes.values() {
+                        for (_, queue) in &route.subscribers {
+                            queue.push_all([Item::Reconnected(generation)]);
+                        }
+                    }
+                    self.reconnects.send_replace(generation);
+                }
+                // The driver never queues Lagged: queues make their own.
+                ListenerEvent::Lagged { .. } => {}
+            }
+        }
+        flush(&mut *routes, &mut groups);
+        // Drops are per subscription and reported by `deliver`.
+        (Pushed::All, 0)
+    }
+
+    fn fall_back_to_dropping(&self) {}
+
+    fn finish(&self, error: Option<OrmError>) {
+        let mut routes = self.lock();
+        let reason = error.as_ref().map(ToString::to_string);
+        *self
+            .finished
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(reason.clone().unwrap_or_else(|| "closed".into()));
+        for route in routes.values_mut() {
+            for (_, queue) in route.subscribers.drain(..) {
+                queue.finish(
+                    reason
+                        .as_ref()
+                        .map(|reason| OrmError::closed(format!("the hub stopped: {reason}"))),
+                );
+            }
+        }
+        routes.clear();
+    }
+}
+
+/// One subscriber's view of a hub channel: its own bounded queue, with the
+/// same reading methods as [`PgListener`](crate::listen::PgListener).
+///
+/// Dropping the last subscription of a channel makes the hub `UNLISTEN` it.
+/// A subscription is also a [`Stream`] of `OrmResult<PgNotification>`
+/// (markers skipped).
+pub struct Subscription {
+    channel: String,
+    id: u64,
+    queue: Arc<SharedQueue>,
+    hub: std::sync::Weak<HubInner>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .field("queued", &self.queue.counts().2)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The channel subscribed to.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next notification, skipping markers; `None` once the hub has
+    /// stopped (after one `Err` if it stopped on its own).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a notification is removed only when it is returned.
+    pub async fn next(&mut self) -> Option<OrmResult<PgNotification>> {
+        std::future::poll_fn(|cx| poll_notification(&self.queue, cx)).await
+    }
+
+    /// The next event, markers included, in order.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`next`](Self::next).
+    pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent>> {
+        std::future::poll_fn(|cx| self.queue.poll_next(cx)).await
+    }
+
+    /// The next queued event without waiting: `Ok(None)` when nothing is
+    /// queued now.
+    ///
+    /// # Errors
+    /// Once the hub has stopped and the queue is empty: why, once, then
+    /// [`OrmError::Closed`].
+    pub fn try_next_event(&mut self) -> OrmResult<Option<ListenerEvent>> {
+        match self.queue.try_next() {
+            None => Ok(None),
+            Some(Some(item)) => item.map(Some),
+            Some(None) => Err(OrmError::closed("the hub has stopped")),
+        }
+    }
+}
+
+fn poll_notification(
+    queue: &SharedQueue,
+    cx: &mut Context<'_>,
+) -> Poll<Option<OrmResult<PgNotification>>> {
+    loop {
+        return match queue.poll_next(cx) {
+            Poll::Ready(Some(Ok(ListenerEvent::Notification(notification)))) => {
+                Poll::Ready(Some(Ok(notification)))
+            }
+            Poll::Ready(Some(Ok(_marker))) => continue,
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        };
+    }
+}
+
+impl Stream for Subscription {
+    type Item = OrmResult<PgNotification>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        poll_notification(&self.queue, cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.router.remove(&hub, &self.channel, self.id);
+        }
+    }
+}
+
+impl PgClient {
+    /// A hub on a dedicated connection with this client's settings and TLS,
+    /// and the default [`PgListenerConfig`]. It takes no pool slot.
+    ///
+    /// # Errors
+    /// As [`PgNotifyHub::connect`].
+    pub async fn hub(&self) -> OrmResult<PgNotifyHub> {
+        self.hub_with(PgListenerConfig::default()).await
+    }
+
+    /// A hub on a dedicated connection with this client's settings, TLS and
+    /// `config`.
+    ///
+    /// # Errors
+    /// As [`PgNotifyHub::connect_with`].
+    pub async fn hub_with(&self, config: PgListenerConfig) -> OrmResult<PgNotifyHub> {
+        PgNotifyHub::start(self.connector(), self.pg_config().clone(), config).await
+    }
+}
