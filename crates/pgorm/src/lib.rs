@@ -46,7 +46,8 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `listen` | [`listen`]: LISTEN/NOTIFY — `PgListener` on a dedicated connection, `notify` |
+//! | `listen` | [`listen`]: LISTEN/NOTIFY — `PgListener` on a dedicated connection, `PgNotifyHub` fan-out, handlers, hooks, `notify` |
+//! | `json` | typed channels with JSON payloads (`listen::Channel`) |
 //! | `tracing` | connection events of listeners through `tracing` (payloads at trace level only) |
 //! | `rustls` | [`tls`]: TLS through rustls with the ring provider |
 

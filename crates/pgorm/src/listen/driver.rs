@@ -178,6 +178,7 @@ pub(crate) async fn start(
         crate::connect::describe_target(&driver.pg_config)
     );
     driver.shared.set_state(ListenerState::Connected);
+    driver.hooks.call(|hooks| hooks.on_connect());
     let task = tokio::spawn(driver.run(session));
     Ok(DriverHandle {
         commands,
@@ -445,6 +446,8 @@ impl Driver {
                         info,
                         "listener reconnected (generation {generation}, attempt {attempt})"
                     );
+                    self.hooks
+                        .call(|hooks| hooks.on_reconnect(generation, attempt));
                     return Ok(session);
                 }
                 Err(error) => {

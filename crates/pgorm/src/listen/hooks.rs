@@ -82,3 +82,37 @@ impl HookSlot {
         }
     }
 }
+
+/// Shared hooks: keep an `Arc` to read what they recorded.
+impl<H: ListenerHooks> ListenerHooks for Arc<H> {
+    fn on_connect(&self) {
+        H::on_connect(self);
+    }
+    fn on_disconnect(&self, cause: &OrmError) {
+        H::on_disconnect(self, cause);
+    }
+    fn on_reconnect_attempt(&self, attempt: u32, delay: Duration) {
+        H::on_reconnect_attempt(self, attempt, delay);
+    }
+    fn on_reconnect(&self, generation: u64, attempts: u32) {
+        H::on_reconnect(self, generation, attempts);
+    }
+    fn on_notification(&self, notification: &PgNotification) {
+        H::on_notification(self, notification);
+    }
+    fn on_drop(&self, channel: Option<&str>, dropped: u64) {
+        H::on_drop(self, channel, dropped);
+    }
+    fn on_block_timeout(&self, blocked_for: Duration) {
+        H::on_block_timeout(self, blocked_for);
+    }
+    fn on_handler_error(&self, channel: &str, error: &(dyn std::error::Error + Send + Sync)) {
+        H::on_handler_error(self, channel, error);
+    }
+    fn on_handler_panic(&self, channel: &str) {
+        H::on_handler_panic(self, channel);
+    }
+    fn on_handler_timeout(&self, channel: &str, after: Duration) {
+        H::on_handler_timeout(self, channel, after);
+    }
+}

@@ -462,7 +462,7 @@ impl Sink for Router {
                     }
                 }
                 ListenerEvent::Reconnected { generation } => {
-                    flush(&mut *routes, &mut groups);
+                    flush(&mut routes, &mut groups);
                     for route in routes.values() {
                         for (_, queue) in &route.subscribers {
                             queue.push_all([Item::Reconnected(generation)]);
@@ -474,7 +474,7 @@ impl Sink for Router {
                 ListenerEvent::Lagged { .. } => {}
             }
         }
-        flush(&mut *routes, &mut groups);
+        flush(&mut routes, &mut groups);
         // Drops are per subscription and reported by `deliver`.
         (Pushed::All, 0)
     }

@@ -1,5 +1,8 @@
 //! LISTEN/NOTIFY (feature `listen`): [`PgListener`] receives notifications
-//! on a dedicated connection; [`notify`] sends them.
+//! on a dedicated connection; [`PgNotifyHub`] shares one connection among
+//! many subscribers and runs handlers; [`notify`] and [`notify_batch`] send
+//! them; [`ListenerHooks`] observes it all. With the `json` feature,
+//! `Channel<T>` types the payloads.
 //!
 //! # Delivery semantics
 //!
