@@ -27,7 +27,7 @@ async fn client() -> PgClient {
         .expect("client")
 }
 
-async fn next_of(subscription: &mut Subscription) -> pgorm::PgNotification {
+async fn next_of(subscription: &mut Subscription) -> Arc<pgorm::PgNotification> {
     within("the next notification", subscription.next())
         .await
         .expect("the subscription ended")
@@ -217,10 +217,16 @@ async fn the_first_subscription_listens_and_dropping_the_last_unlistens() {
     assert!(hub.server_channels().await.unwrap().is_empty());
 
     let first = hub.subscribe(&channel).await.unwrap();
-    assert_eq!(hub.server_channels().await.unwrap(), std::slice::from_ref(&channel));
+    assert_eq!(
+        hub.server_channels().await.unwrap(),
+        std::slice::from_ref(&channel)
+    );
     let second = hub.subscribe(&channel).await.unwrap();
     drop(first);
-    assert_eq!(hub.server_channels().await.unwrap(), std::slice::from_ref(&channel));
+    assert_eq!(
+        hub.server_channels().await.unwrap(),
+        std::slice::from_ref(&channel)
+    );
     drop(second);
     eventually("UNLISTEN after the last drop", || async {
         hub.server_channels().await.unwrap().is_empty()

@@ -90,8 +90,9 @@ impl PgListenerConfig {
     }
 
     /// How many notifications may wait for the consumer (default
-    /// [`DEFAULT_QUEUE_CAPACITY`], 32 768). Memory stays below this times
-    /// the size of a notification, whatever the burst. At least 1.
+    /// [`DEFAULT_QUEUE_CAPACITY`], 32 768). The consumer takes up to 256 at
+    /// a time into a buffer of its own, so memory stays below (capacity +
+    /// 256) times the size of a notification, whatever the burst. At least 1.
     #[must_use]
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity;

@@ -27,7 +27,7 @@ use crate::listen::trace;
 
 /// How many notifications one wake-up reads before it hands them over and
 /// lets other tasks (the consumer) run.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 256;
 
 /// How long closing may spend on `UNLISTEN` and the goodbye to the server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -23,11 +23,16 @@ pub struct PgNotification {
 /// Markers are queued in order with the notifications: every notification
 /// before a marker was received before the gap, every notification after it
 /// was received after.
+///
+/// `N` is how the notification is held: owned for a
+/// [`PgListener`](crate::listen::PgListener), shared (`Arc<PgNotification>`)
+/// for a hub [`Subscription`](crate::listen::Subscription), whose
+/// subscribers all receive the same notification without copying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ListenerEvent {
+pub enum ListenerEvent<N = PgNotification> {
     /// A notification.
-    Notification(PgNotification),
+    Notification(N),
     /// The connection was lost and is back, with every channel listened to
     /// again. Notifications sent while it was down are lost: resync state
     /// that notifications keep current. `generation` counts reconnects,
@@ -90,6 +95,7 @@ pub struct ListenerStats {
     pub dropped: u64,
     /// Completed reconnects.
     pub reconnects: u64,
-    /// Notifications waiting in the queue now.
+    /// Notifications waiting now: in the queue, or taken by the consumer's
+    /// batch but not yet returned by `next`.
     pub queued: usize,
 }

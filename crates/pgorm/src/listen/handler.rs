@@ -229,7 +229,9 @@ async fn dispatch<F, Fut, E>(
             event = subscription.next_event() => match event {
                 Some(Ok(ListenerEvent::Notification(notification))) => {
                     let Ok(slot) = slots.clone().acquire_owned().await else { return };
-                    let call = handler(notification);
+                    // The last subscriber to take a notification owns it;
+                    // others copy it here, for the handler.
+                    let call = handler(Arc::unwrap_or_clone(notification));
                     let timeout = options.timeout;
                     running.spawn(async move {
                         let _slot = slot;

@@ -21,8 +21,8 @@ use crate::listen::config::{PgListenerConfig, QueuePolicy};
 use crate::listen::driver::{self, Command, DriverShared, Sink};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
 use crate::listen::hooks::HookSlot;
-use crate::listen::listener::server_channels;
-use crate::listen::queue::{EventQueue, Item, Pushed, QueueCounters};
+use crate::listen::listener::{poll_next_notification, server_channels};
+use crate::listen::queue::{EventQueue, Pushed, QueueCounters, Receiver};
 use crate::pool::parse_url;
 use crate::PgClient;
 
@@ -391,7 +391,7 @@ impl Router {
         Ok(Subscription {
             channel: channel.to_owned(),
             id,
-            queue,
+            receiver: Receiver::new(queue),
             hub: Arc::downgrade(hub),
         })
     }
@@ -427,7 +427,12 @@ impl Router {
         };
         route.received += notifications.len() as u64;
         for (_, queue) in &route.subscribers {
-            let dropped = queue.push_all(notifications.iter().cloned().map(Item::Notification));
+            let dropped = queue.push_all(
+                notifications
+                    .iter()
+                    .cloned()
+                    .map(ListenerEvent::Notification),
+            );
             if dropped > 0 {
                 self.hooks
                     .call(|hooks| hooks.on_drop(Some(channel), dropped));
@@ -465,7 +470,7 @@ impl Sink for Router {
                     flush(&mut routes, &mut groups);
                     for route in routes.values() {
                         for (_, queue) in &route.subscribers {
-                            queue.push_all([Item::Reconnected(generation)]);
+                            queue.push_all([ListenerEvent::Reconnected { generation }]);
                         }
                     }
                     self.reconnects.send_replace(generation);
@@ -505,13 +510,18 @@ impl Sink for Router {
 /// One subscriber's view of a hub channel: its own bounded queue, with the
 /// same reading methods as [`PgListener`](crate::listen::PgListener).
 ///
+/// Notifications come as `Arc<PgNotification>`: every subscriber of a
+/// channel shares the one the hub read, so fanning out to many subscribers
+/// copies nothing (`notification.payload` reads the same;
+/// `Arc::unwrap_or_clone` gives an owned one).
+///
 /// Dropping the last subscription of a channel makes the hub `UNLISTEN` it.
-/// A subscription is also a [`Stream`] of `OrmResult<PgNotification>`
+/// A subscription is also a [`Stream`] of `OrmResult<Arc<PgNotification>>`
 /// (markers skipped).
 pub struct Subscription {
     channel: String,
     id: u64,
-    queue: Arc<SharedQueue>,
+    receiver: Receiver<Arc<PgNotification>>,
     hub: std::sync::Weak<HubInner>,
 }
 
@@ -519,7 +529,7 @@ impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("channel", &self.channel)
-            .field("queued", &self.queue.counts().2)
+            .field("queued", &self.receiver.counts().2)
             .finish()
     }
 }
@@ -535,16 +545,17 @@ impl Subscription {
     ///
     /// # Cancel safety
     /// Cancel safe: a notification is removed only when it is returned.
-    pub async fn next(&mut self) -> Option<OrmResult<PgNotification>> {
-        std::future::poll_fn(|cx| poll_notification(&self.queue, cx)).await
+    pub async fn next(&mut self) -> Option<OrmResult<Arc<PgNotification>>> {
+        std::future::poll_fn(|cx| poll_next_notification(&mut self.receiver, cx)).await
     }
 
     /// The next event, markers included, in order.
     ///
     /// # Cancel safety
     /// Cancel safe, as [`next`](Self::next).
-    pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent>> {
-        std::future::poll_fn(|cx| self.queue.poll_next(cx)).await
+    #[inline]
+    pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent<Arc<PgNotification>>>> {
+        std::future::poll_fn(|cx| self.receiver.poll_next(cx)).await
     }
 
     /// The next queued event without waiting: `Ok(None)` when nothing is
@@ -553,8 +564,8 @@ impl Subscription {
     /// # Errors
     /// Once the hub has stopped and the queue is empty: why, once, then
     /// [`OrmError::Closed`].
-    pub fn try_next_event(&mut self) -> OrmResult<Option<ListenerEvent>> {
-        match self.queue.try_next() {
+    pub fn try_next_event(&mut self) -> OrmResult<Option<ListenerEvent<Arc<PgNotification>>>> {
+        match self.receiver.try_next() {
             None => Ok(None),
             Some(Some(item)) => item.map(Some),
             Some(None) => Err(OrmError::closed("the hub has stopped")),
@@ -562,28 +573,11 @@ impl Subscription {
     }
 }
 
-fn poll_notification(
-    queue: &SharedQueue,
-    cx: &mut Context<'_>,
-) -> Poll<Option<OrmResult<PgNotification>>> {
-    loop {
-        return match queue.poll_next(cx) {
-            Poll::Ready(Some(Ok(ListenerEvent::Notification(notification)))) => {
-                Poll::Ready(Some(Ok(notification)))
-            }
-            Poll::Ready(Some(Ok(_marker))) => continue,
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        };
-    }
-}
-
 impl Stream for Subscription {
-    type Item = OrmResult<PgNotification>;
+    type Item = OrmResult<Arc<PgNotification>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_notification(&self.queue, cx)
+        poll_next_notification(&mut self.get_mut().receiver, cx)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::listen::channel::validate_channel;
 use crate::listen::config::PgListenerConfig;
 use crate::listen::driver::{self, Command, DriverShared};
 use crate::listen::event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
-use crate::listen::queue::EventQueue;
+use crate::listen::queue::{EventQueue, Receiver};
 use crate::pool::parse_url;
 use crate::PgClient;
 
@@ -58,7 +58,7 @@ use crate::PgClient;
 pub struct PgListener {
     commands: mpsc::Sender<Command>,
     shared: Arc<DriverShared>,
-    queue: Arc<EventQueue>,
+    receiver: Receiver<PgNotification>,
     task: tokio::task::JoinHandle<()>,
     target: String,
 }
@@ -131,7 +131,7 @@ impl PgListener {
         Ok(PgListener {
             commands: handle.commands,
             shared: handle.shared,
-            queue,
+            receiver: Receiver::new(queue),
             task: handle.task,
             target,
         })
@@ -216,7 +216,7 @@ impl PgListener {
     /// Cancel safe: if the future is dropped before it completes, no
     /// notification is lost; it stays queued for the next call.
     pub async fn next(&mut self) -> Option<OrmResult<PgNotification>> {
-        std::future::poll_fn(|cx| poll_next_notification(&self.queue, cx)).await
+        std::future::poll_fn(|cx| poll_next_notification(&mut self.receiver, cx)).await
     }
 
     /// The next event: a notification or, in order with them, a
@@ -225,7 +225,7 @@ impl PgListener {
     /// # Cancel safety
     /// Cancel safe, as [`next`](Self::next).
     pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent>> {
-        std::future::poll_fn(|cx| self.queue.poll_next(cx)).await
+        std::future::poll_fn(|cx| self.receiver.poll_next(cx)).await
     }
 
     /// The next queued notification without waiting, skipping markers:
@@ -250,7 +250,7 @@ impl PgListener {
     /// # Errors
     /// As [`try_next`](Self::try_next).
     pub fn try_next_event(&mut self) -> OrmResult<Option<ListenerEvent>> {
-        match self.queue.try_next() {
+        match self.receiver.try_next() {
             None => Ok(None),
             Some(Some(item)) => item.map(Some),
             Some(None) => Err(OrmError::closed("the listener has stopped")),
@@ -270,7 +270,7 @@ impl PgListener {
 
     /// Counters since the listener was created.
     pub fn stats(&self) -> ListenerStats {
-        let (delivered, dropped, queued) = self.queue.counts();
+        let (delivered, dropped, queued) = self.receiver.counts();
         ListenerStats {
             received: self
                 .shared
@@ -327,12 +327,13 @@ pub(crate) async fn server_channels(commands: &mpsc::Sender<Command>) -> OrmResu
     Ok(channels)
 }
 
-fn poll_next_notification(
-    queue: &EventQueue,
+#[inline]
+pub(crate) fn poll_next_notification<N>(
+    receiver: &mut Receiver<N>,
     cx: &mut Context<'_>,
-) -> Poll<Option<OrmResult<PgNotification>>> {
+) -> Poll<Option<OrmResult<N>>> {
     loop {
-        return match queue.poll_next(cx) {
+        return match receiver.poll_next(cx) {
             Poll::Ready(Some(Ok(ListenerEvent::Notification(notification)))) => {
                 Poll::Ready(Some(Ok(notification)))
             }
@@ -378,7 +379,7 @@ impl Stream for PgListenerStream {
     type Item = OrmResult<PgNotification>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_next_notification(&self.listener.queue, cx)
+        poll_next_notification(&mut self.get_mut().listener.receiver, cx)
     }
 }
 
@@ -400,7 +401,7 @@ impl Stream for PgListenerEventStream {
     type Item = OrmResult<ListenerEvent>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.listener.queue.poll_next(cx)
+        self.get_mut().listener.receiver.poll_next(cx)
     }
 }
 

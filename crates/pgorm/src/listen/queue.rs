@@ -12,41 +12,9 @@ use crate::listen::config::QueuePolicy;
 use crate::listen::driver::Sink;
 use crate::listen::event::{ListenerEvent, PgNotification};
 
-/// How a queue holds a notification: owned (one consumer) or shared (a
-/// hub's subscribers, where the copy is made by the consumer that needs it,
-/// on its own task, and only if another subscriber still holds it).
-pub(crate) trait Queued: Send + 'static {
-    fn into_notification(self) -> PgNotification;
-}
-
-impl Queued for PgNotification {
-    fn into_notification(self) -> PgNotification {
-        self
-    }
-}
-
-impl Queued for Arc<PgNotification> {
-    fn into_notification(self) -> PgNotification {
-        Arc::try_unwrap(self).unwrap_or_else(|shared| PgNotification::clone(&shared))
-    }
-}
-
-/// An entry of the queue: a notification or a marker.
-pub(crate) enum Item<N> {
-    Notification(N),
-    Reconnected(u64),
-    Lagged(u64),
-}
-
-impl<N: Queued> Item<N> {
-    fn into_event(self) -> ListenerEvent {
-        match self {
-            Item::Notification(n) => ListenerEvent::Notification(n.into_notification()),
-            Item::Reconnected(generation) => ListenerEvent::Reconnected { generation },
-            Item::Lagged(dropped) => ListenerEvent::Lagged { dropped },
-        }
-    }
-}
+/// An entry of the queue: a notification or a marker. The same type flows
+/// from the driver to the consumer, so whole buffers can change hands.
+pub(crate) type Item<N> = ListenerEvent<N>;
 
 /// Counts kept outside the queue's lock, so that several queues (a hub
 /// channel's subscribers) can share one set.
@@ -54,6 +22,94 @@ impl<N: Queued> Item<N> {
 pub(crate) struct QueueCounters {
     pub(crate) delivered: AtomicU64,
     pub(crate) dropped: AtomicU64,
+}
+
+/// How many items a consumer takes from the shared queue under one lock.
+/// Held by the consumer, they are beyond the queue's capacity: memory stays
+/// below capacity plus this.
+const TAKE_AT_ONCE: usize = 256;
+
+/// What [`EventQueue::take_batch`] found.
+enum Taken {
+    /// This many notifications (and maybe markers) were taken.
+    Some(usize),
+    /// Nothing queued yet.
+    Nothing,
+    /// The stream has ended, with this error if it did not end on request.
+    End(Option<OrmError>),
+}
+
+/// The consumer's end of an [`EventQueue`]: takes items in batches into a
+/// buffer of its own, so the queue's lock is taken once per batch, not once
+/// per notification.
+pub(crate) struct Receiver<N> {
+    queue: Arc<EventQueue<N>>,
+    taken: VecDeque<Item<N>>,
+    /// Notifications in `taken`.
+    taken_notifications: usize,
+}
+
+impl<N> Receiver<N> {
+    pub(crate) fn new(queue: Arc<EventQueue<N>>) -> Self {
+        Receiver {
+            queue,
+            taken: VecDeque::new(),
+            taken_notifications: 0,
+        }
+    }
+
+    #[inline]
+    fn pop_taken(&mut self) -> Option<ListenerEvent<N>> {
+        let item = self.taken.pop_front()?;
+        if matches!(item, ListenerEvent::Notification(_)) {
+            self.taken_notifications -= 1;
+        }
+        Some(item)
+    }
+
+    #[inline]
+    fn next(&mut self, consumer: Option<&Waker>) -> Option<Option<OrmResult<ListenerEvent<N>>>> {
+        if let Some(event) = self.pop_taken() {
+            return Some(Some(Ok(event)));
+        }
+        match self.queue.take_batch(&mut self.taken, consumer) {
+            Taken::Some(notifications) => {
+                self.taken_notifications += notifications;
+                self.pop_taken().map(|event| Some(Ok(event)))
+            }
+            Taken::Nothing => None,
+            Taken::End(Some(error)) => Some(Some(Err(error))),
+            Taken::End(None) => Some(None),
+        }
+    }
+
+    /// The next event, or `Pending` with the consumer's waker registered.
+    ///
+    /// Cancel safe: an event is removed only when it is returned.
+    #[inline]
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<OrmResult<ListenerEvent<N>>>> {
+        match self.next(Some(cx.waker())) {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The next event if one is queued: `None` when nothing is queued now,
+    /// `Some(None)` at the end of the stream.
+    pub(crate) fn try_next(&mut self) -> Option<Option<OrmResult<ListenerEvent<N>>>> {
+        self.next(None)
+    }
+
+    /// (delivered, dropped, queued), counting what this receiver holds as
+    /// queued, not delivered.
+    pub(crate) fn counts(&self) -> (u64, u64, usize) {
+        let (taken, dropped, queued) = self.queue.counts();
+        let held = self.taken_notifications;
+        (taken - held as u64, dropped, queued + held)
+    }
 }
 
 /// What [`EventQueue::push_batch`] did.
@@ -103,7 +159,7 @@ fn register(slot: &mut Option<Waker>, waker: &Waker) {
     }
 }
 
-impl<N: Queued> EventQueue<N> {
+impl<N> EventQueue<N> {
     pub(crate) fn new(capacity: usize, policy: QueuePolicy, counters: Arc<QueueCounters>) -> Self {
         EventQueue {
             state: Mutex::new(QueueState {
@@ -169,58 +225,54 @@ impl<N: Queued> EventQueue<N> {
         self.after_push(state, 0);
     }
 
-    /// The next event, or `Pending` with the consumer's waker registered.
-    ///
-    /// Cancel safe: an event is removed only when it is returned.
-    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<OrmResult<ListenerEvent>>> {
-        match self.take_next(Some(cx.waker())) {
-            Some(item) => Poll::Ready(item),
-            None => Poll::Pending,
-        }
-    }
-
-    /// The next event if one is queued: `None` when nothing is queued now,
-    /// `Some(None)` at the end of the stream.
-    pub(crate) fn try_next(&self) -> Option<Option<OrmResult<ListenerEvent>>> {
-        self.take_next(None)
-    }
-
-    fn take_next(&self, consumer: Option<&Waker>) -> Option<Option<OrmResult<ListenerEvent>>> {
+    /// Moves up to [`TAKE_AT_ONCE`] items into the consumer's own buffer
+    /// under one lock. When nothing is queued, registers `consumer` (if
+    /// given) and says whether the stream is still open.
+    fn take_batch(&self, into: &mut VecDeque<Item<N>>, consumer: Option<&Waker>) -> Taken {
         let mut state = self.lock();
-        let Some(item) = state.items.pop_front() else {
+        if state.items.is_empty() {
             return match std::mem::replace(&mut state.end, End::Drained) {
                 End::Open => {
                     state.end = End::Open;
                     if let Some(waker) = consumer {
                         register(&mut state.consumer, waker);
                     }
-                    None
+                    Taken::Nothing
                 }
-                End::Finished(Some(error)) => Some(Some(Err(error))),
-                End::Finished(None) | End::Drained => Some(None),
+                End::Finished(error) => Taken::End(error),
+                End::Drained => Taken::End(None),
             };
-        };
-        let is_notification = matches!(item, Item::Notification(_));
-        let mut producer = None;
-        if is_notification {
-            state.queued -= 1;
-            if state.queued <= state.capacity / 2 {
-                state.overflowing = false;
-                // Waking the blocked producer for every free slot would cost
-                // a wake-up per notification: wait until half is free.
-                producer = state.producer.take();
+        }
+        let notifications;
+        if state.items.len() <= TAKE_AT_ONCE && into.is_empty() {
+            // Everything, by exchanging buffers.
+            notifications = state.queued;
+            std::mem::swap(&mut state.items, into);
+        } else {
+            let mut moved = 0;
+            let count = TAKE_AT_ONCE.min(state.items.len());
+            for item in state.items.drain(..count) {
+                moved += usize::from(matches!(item, ListenerEvent::Notification(_)));
+                into.push_back(item);
             }
+            notifications = moved;
+        }
+        state.queued -= notifications;
+        let mut producer = None;
+        if state.queued <= state.capacity / 2 {
+            state.overflowing = false;
+            // Waking a blocked producer for every free slot would cost a
+            // wake-up per notification: wait until half is free.
+            producer = state.producer.take();
         }
         drop(state);
-        if is_notification {
-            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-        }
+        self.counters
+            .delivered
+            .fetch_add(notifications as u64, Ordering::Relaxed);
         if let Some(producer) = producer {
             producer.wake();
         }
-        // Converting (and, for a shared notification, copying) happens here,
-        // outside the lock, on the consumer's task.
-        Some(Some(Ok(item.into_event())))
+        Taken::Some(notifications)
     }
 
     /// (delivered, dropped, queued).
@@ -248,17 +300,25 @@ impl EventQueue<PgNotification> {
         let blocking = state.policy == QueuePolicy::BlockProducer && !state.overflowing;
         let mut pushed = Pushed::All;
         let mut dropped = 0;
-        while let Some(event) = batch.pop_front() {
-            let item = match event {
-                ListenerEvent::Notification(notification) => Item::Notification(notification),
-                ListenerEvent::Reconnected { generation } => Item::Reconnected(generation),
-                ListenerEvent::Lagged { dropped } => Item::Lagged(dropped),
-            };
+        // The common case, a consumer that keeps up: the queue is empty and
+        // the batch fits, so the buffers change hands instead of the items.
+        if state.items.is_empty() && batch.len() <= state.capacity {
+            let notifications = batch
+                .iter()
+                .filter(|event| matches!(event, ListenerEvent::Notification(_)))
+                .count();
+            if notifications == batch.len() {
+                std::mem::swap(&mut state.items, batch);
+                state.queued = notifications;
+                return (Pushed::All, self.after_push(state, 0));
+            }
+        }
+        while let Some(item) = batch.pop_front() {
             match state.offer(item, blocking) {
                 Offer::Queued => {}
                 Offer::QueuedWithDrop => dropped += 1,
                 Offer::Refused(item) => {
-                    batch.push_front(item.into_event());
+                    batch.push_front(item);
                     register(&mut state.producer, producer);
                     pushed = Pushed::Blocked;
                     break;
@@ -297,13 +357,15 @@ impl<N> QueueState<N> {
     /// Queues one item by the policy.
     fn offer(&mut self, item: Item<N>, blocking: bool) -> Offer<N> {
         let notification = match item {
-            Item::Notification(notification) => notification,
-            Item::Reconnected(generation) => {
+            ListenerEvent::Notification(notification) => notification,
+            ListenerEvent::Reconnected { generation } => {
                 // Consecutive reconnects with nothing between them merge: one
                 // resync covers both.
                 match self.items.back_mut() {
-                    Some(Item::Reconnected(last)) => *last = generation,
-                    _ => self.items.push_back(Item::Reconnected(generation)),
+                    Some(ListenerEvent::Reconnected { generation: last }) => *last = generation,
+                    _ => self
+                        .items
+                        .push_back(ListenerEvent::Reconnected { generation }),
                 }
                 return Offer::Queued;
             }
@@ -313,21 +375,23 @@ impl<N> QueueState<N> {
             }
         };
         if self.queued < self.capacity {
-            self.items.push_back(Item::Notification(notification));
+            self.items
+                .push_back(ListenerEvent::Notification(notification));
             self.queued += 1;
             return Offer::Queued;
         }
         if blocking {
-            return Offer::Refused(Item::Notification(notification));
+            return Offer::Refused(ListenerEvent::Notification(notification));
         }
         if self.policy == QueuePolicy::DropNewest {
             match self.items.back_mut() {
-                Some(Item::Lagged(dropped)) => *dropped += 1,
-                _ => self.items.push_back(Item::Lagged(1)),
+                Some(ListenerEvent::Lagged { dropped }) => *dropped += 1,
+                _ => self.items.push_back(ListenerEvent::Lagged { dropped: 1 }),
             }
         } else {
             self.drop_oldest();
-            self.items.push_back(Item::Notification(notification));
+            self.items
+                .push_back(ListenerEvent::Notification(notification));
         }
         Offer::QueuedWithDrop
     }
@@ -337,14 +401,16 @@ impl<N> QueueState<N> {
         let Some(index) = self
             .items
             .iter()
-            .position(|item| matches!(item, Item::Notification(_)))
+            .position(|item| matches!(item, ListenerEvent::Notification(_)))
         else {
             return;
         };
         self.items.remove(index);
         match index.checked_sub(1).map(|before| &mut self.items[before]) {
-            Some(Item::Lagged(dropped)) => *dropped += 1,
-            _ => self.items.insert(index, Item::Lagged(1)),
+            Some(ListenerEvent::Lagged { dropped }) => *dropped += 1,
+            _ => self
+                .items
+                .insert(index, ListenerEvent::Lagged { dropped: 1 }),
         }
     }
 }
@@ -364,8 +430,8 @@ mod tests {
         })
     }
 
-    fn queue(capacity: usize, policy: QueuePolicy) -> EventQueue {
-        EventQueue::new(capacity, policy, Arc::default())
+    fn queue(capacity: usize, policy: QueuePolicy) -> Arc<EventQueue> {
+        Arc::new(EventQueue::new(capacity, policy, Arc::default()))
     }
 
     fn batch(payloads: &[&str]) -> VecDeque<ListenerEvent> {
@@ -374,9 +440,10 @@ mod tests {
 
     /// Everything the consumer would see now, notifications as payloads and
     /// markers as `L<n>` / `R<n>`.
-    fn drain(queue: &EventQueue) -> Vec<String> {
+    fn drain(queue: &Arc<EventQueue>) -> Vec<String> {
         let mut seen = Vec::new();
-        while let Some(Some(Ok(event))) = queue.try_next() {
+        let mut receiver = Receiver::new(queue.clone());
+        while let Some(Some(Ok(event))) = receiver.try_next() {
             seen.push(match event {
                 ListenerEvent::Notification(n) => n.payload,
                 ListenerEvent::Lagged { dropped } => format!("L{dropped}"),
@@ -419,26 +486,33 @@ mod tests {
     }
 
     #[test]
-    fn block_producer_keeps_the_rest_and_resumes_at_half() {
+    fn block_producer_keeps_the_rest_and_resumes_when_half_is_free() {
         let queue = queue(4, QueuePolicy::BlockProducer);
         let mut rest = batch(&["1", "2", "3", "4", "5", "6"]);
         let (pushed, dropped) = queue.push_batch(&mut rest, Waker::noop());
         assert_eq!((pushed, dropped), (Pushed::Blocked, 0));
         assert_eq!(rest.len(), 2);
         assert!(queue.lock().producer.is_some());
-        queue.try_next();
-        assert!(
-            queue.lock().producer.is_some(),
-            "one free slot is not enough to wake"
-        );
-        queue.try_next();
+        // The consumer takes what is queued in one step, which frees the
+        // queue and wakes the producer.
+        let mut receiver = Receiver::new(queue.clone());
+        assert!(matches!(receiver.try_next(), Some(Some(Ok(_)))));
         assert!(
             queue.lock().producer.is_none(),
-            "half drained wakes the producer"
+            "room was made: producer woken"
+        );
+        assert_eq!(
+            receiver.counts(),
+            (1, 0, 3),
+            "taken but not returned counts as queued"
         );
         assert_eq!(queue.push_batch(&mut rest, Waker::noop()).0, Pushed::All);
-        assert_eq!(drain(&queue), ["3", "4", "5", "6"]);
-        assert_eq!(queue.counts().1, 0);
+        let mut seen = Vec::new();
+        while let Some(Some(Ok(ListenerEvent::Notification(n)))) = receiver.try_next() {
+            seen.push(n.payload);
+        }
+        assert_eq!(seen, ["2", "3", "4", "5", "6"]);
+        assert_eq!(receiver.counts(), (6, 0, 0));
     }
 
     #[test]
@@ -472,6 +546,7 @@ mod tests {
         let queue = queue(4, QueuePolicy::DropOldest);
         queue.push_batch(&mut batch(&["last"]), Waker::noop());
         queue.finish(Some(OrmError::closed("test")));
+        let mut queue = Receiver::new(queue);
         assert!(matches!(
             queue.try_next(),
             Some(Some(Ok(ListenerEvent::Notification(_))))
@@ -487,6 +562,6 @@ mod tests {
     #[test]
     fn an_open_empty_queue_has_nothing_yet() {
         let queue = queue(4, QueuePolicy::DropOldest);
-        assert!(queue.try_next().is_none());
+        assert!(Receiver::new(queue).try_next().is_none());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -94,10 +95,10 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         notify(client, &self.name, &payload).await
     }
 
-    fn decode(&self, notification: PgNotification) -> OrmResult<T> {
+    fn decode(&self, notification: &PgNotification) -> OrmResult<T> {
         serde_json::from_str(&notification.payload).map_err(|source| OrmError::Decode {
-            channel: notification.channel,
-            payload: notification.payload,
+            channel: notification.channel.clone(),
+            payload: notification.payload.clone(),
             source: Box::new(source),
         })
     }
@@ -146,7 +147,7 @@ impl<T: Serialize + DeserializeOwned> TypedSubscription<T> {
     /// Cancel safe.
     pub async fn next(&mut self) -> Option<OrmResult<T>> {
         let notification = self.subscription.next().await?;
-        Some(notification.and_then(|n| self.channel.decode(n)))
+        Some(notification.and_then(|n| self.channel.decode(&n)))
     }
 
     /// The next message or marker, in order.
@@ -158,9 +159,9 @@ impl<T: Serialize + DeserializeOwned> TypedSubscription<T> {
         Some(event.and_then(|event| self.typed(event)))
     }
 
-    fn typed(&self, event: ListenerEvent) -> OrmResult<TypedEvent<T>> {
+    fn typed(&self, event: ListenerEvent<Arc<PgNotification>>) -> OrmResult<TypedEvent<T>> {
         Ok(match event {
-            ListenerEvent::Notification(n) => TypedEvent::Message(self.channel.decode(n)?),
+            ListenerEvent::Notification(n) => TypedEvent::Message(self.channel.decode(&n)?),
             ListenerEvent::Reconnected { generation } => TypedEvent::Reconnected { generation },
             ListenerEvent::Lagged { dropped } => TypedEvent::Lagged { dropped },
         })
@@ -179,7 +180,7 @@ impl<T: Serialize + DeserializeOwned> Stream for TypedSubscription<T> {
         let this = self.get_mut();
         Pin::new(&mut this.subscription)
             .poll_next(cx)
-            .map(|item| item.map(|n| n.and_then(|n| this.channel.decode(n))))
+            .map(|item| item.map(|n| n.and_then(|n| this.channel.decode(&n))))
     }
 }
 

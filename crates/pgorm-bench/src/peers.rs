@@ -1,0 +1,200 @@
+//! The consumers measured: the raw tokio-postgres loop (the floor), pgorm's
+//! `PgListener` and `PgNotifyHub`, and sqlx's `PgListener`, behind one
+//! interface the workloads drive.
+
+use std::future::{poll_fn, Future};
+use std::task::Poll;
+
+use pgorm::listen::{
+    ListenerEvent, PgListener, PgListenerConfig, PgNotifyHub, QueuePolicy, Subscription,
+};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
+
+/// A notification as the workloads see it: its payload.
+pub type Payload = String;
+
+/// What a consumer yields. The payload is copied out only when asked for
+/// (latency and reconnect read it; counting must not pay for it).
+pub enum Received {
+    Notification(Option<Payload>),
+    /// A gap marker (pgorm only): `Lagged` carries how many were dropped.
+    Lagged(u64),
+    Reconnected,
+}
+
+/// A peer's consumer, connected and listening.
+// One value per run: its size does not matter, and boxing the raw
+// connection would add an indirection to the floor being measured.
+#[allow(clippy::large_enum_variant)]
+pub enum Consumer {
+    Raw {
+        // Kept alive: dropping the client ends the connection.
+        _client: Client,
+        connection: Connection<Socket, tokio_postgres::tls::NoTlsStream>,
+    },
+    Listener(PgListener),
+    Hub {
+        // Kept alive: the last clone closes the connection.
+        _hub: PgNotifyHub,
+        subscription: Subscription,
+    },
+    Sqlx(sqlx::postgres::PgListener),
+}
+
+/// The peers, by the names used on the command line and in the tables.
+pub const RAW: &str = "raw tokio-postgres";
+pub const LISTENER: &str = "pgorm PgListener";
+pub const HUB: &str = "pgorm PgNotifyHub";
+pub const SQLX: &str = "sqlx PgListener";
+
+impl Consumer {
+    /// Connects peer `peer` to `url` and listens to `channel`. `policy`
+    /// applies to pgorm's queue.
+    pub async fn connect(
+        peer: &str,
+        url: &str,
+        channel: &str,
+        application_name: &str,
+        policy: QueuePolicy,
+    ) -> Consumer {
+        let config = PgListenerConfig::new()
+            .application_name(application_name)
+            .queue_policy(policy)
+            .backoff(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(1),
+            );
+        match peer {
+            RAW => {
+                let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+                    .await
+                    .expect("raw connect");
+                let listen = format!("LISTEN \"{channel}\"");
+                {
+                    let mut statement = std::pin::pin!(client.batch_execute(&listen));
+                    poll_fn(|cx| {
+                        while let Poll::Ready(Some(_)) = connection.poll_message(cx) {}
+                        statement.as_mut().poll(cx)
+                    })
+                    .await
+                    .expect("raw LISTEN");
+                }
+                Consumer::Raw {
+                    _client: client,
+                    connection,
+                }
+            }
+            LISTENER => {
+                let listener = PgListener::connect_with(url, config.channels([channel]))
+                    .await
+                    .expect("listener");
+                Consumer::Listener(listener)
+            }
+            HUB => {
+                let hub = PgNotifyHub::connect_with(url, config).await.expect("hub");
+                let subscription = hub.subscribe(channel).await.expect("subscribe");
+                Consumer::Hub {
+                    _hub: hub,
+                    subscription,
+                }
+            }
+            SQLX => {
+                let url = with_application_name(url, application_name);
+                let mut listener = sqlx::postgres::PgListener::connect(&url)
+                    .await
+                    .expect("sqlx connect");
+                listener.listen(channel).await.expect("sqlx LISTEN");
+                Consumer::Sqlx(listener)
+            }
+            other => panic!("unknown peer {other}"),
+        }
+    }
+
+    /// The next notification or marker; `None` when the peer gave up.
+    pub async fn next(&mut self, payload: bool) -> Option<Received> {
+        let take = |text: &str| payload.then(|| text.to_owned());
+        match self {
+            Consumer::Raw { connection, .. } => {
+                poll_fn(|cx| loop {
+                    return match connection.poll_message(cx) {
+                        Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
+                            Poll::Ready(Some(Received::Notification(take(n.payload()))))
+                        }
+                        Poll::Ready(Some(Ok(_))) => continue,
+                        Poll::Ready(_) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    };
+                })
+                .await
+            }
+            Consumer::Listener(listener) => convert(listener.next_event().await, take),
+            Consumer::Hub { subscription, .. } => convert(subscription.next_event().await, take),
+            Consumer::Sqlx(listener) => loop {
+                // recv() reconnects by itself after a loss.
+                match listener.recv().await {
+                    Ok(notification) => {
+                        return Some(Received::Notification(take(notification.payload())))
+                    }
+                    Err(_) => continue,
+                }
+            },
+        }
+    }
+
+    /// Counts notifications until `count` have arrived; markers are
+    /// returned as (received, dropped).
+    pub async fn count(&mut self, count: u64) -> (u64, u64) {
+        let (mut received, mut dropped) = (0, 0);
+        while received + dropped < count {
+            match self.next(false).await {
+                Some(Received::Notification(_)) => received += 1,
+                Some(Received::Lagged(n)) => dropped += n,
+                Some(Received::Reconnected) => {}
+                None => break,
+            }
+        }
+        (received, dropped)
+    }
+
+    /// pgorm's own count of notifications read from the socket.
+    pub fn pgorm_received(&self) -> Option<u64> {
+        match self {
+            Consumer::Listener(listener) => Some(listener.stats().received),
+            _ => None,
+        }
+    }
+}
+
+fn convert<N: std::borrow::Borrow<pgorm::PgNotification>>(
+    event: Option<pgorm::OrmResult<ListenerEvent<N>>>,
+    take: impl Fn(&str) -> Option<Payload>,
+) -> Option<Received> {
+    match event? {
+        Ok(ListenerEvent::Notification(n)) => {
+            Some(Received::Notification(take(&n.borrow().payload)))
+        }
+        Ok(ListenerEvent::Lagged { dropped }) => Some(Received::Lagged(dropped)),
+        Ok(ListenerEvent::Reconnected { .. }) => Some(Received::Reconnected),
+        Ok(_) => Some(Received::Reconnected),
+        Err(_) => None,
+    }
+}
+
+fn with_application_name(url: &str, name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
+}
+
+/// Subscriptions of a hub, for the fan-out measurement.
+pub async fn hub_with_subscribers(
+    url: &str,
+    channel: &str,
+    subscribers: usize,
+) -> (PgNotifyHub, Vec<Subscription>) {
+    let hub = PgNotifyHub::connect(url).await.expect("hub");
+    let mut subscriptions = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        subscriptions.push(hub.subscribe(channel).await.expect("subscribe"));
+    }
+    (hub, subscriptions)
+}
