@@ -422,3 +422,27 @@ fn public_types_are_send_and_debug() {
     fn sync<T: Sync>() {}
     sync::<PgListener>();
 }
+
+#[tokio::test]
+async fn a_multi_host_url_works_through_tokio_postgres_own_connect() {
+    // Plain single-host connections are read by pgorm's own notification
+    // tap; other URLs take notifications from tokio-postgres. Both deliver.
+    let server = TestServer::shared();
+    let url = format!(
+        "host=127.0.0.1,127.0.0.1 port={port},{port} user={user} password={password} dbname=postgres",
+        port = server.port(),
+        user = pgorm_testkit::SUPERUSER,
+        password = server.password(),
+    );
+    let channel = unique("multi_host");
+    let mut listener =
+        PgListener::connect_with(&url, PgListenerConfig::new().channels([channel.as_str()]))
+            .await
+            .unwrap();
+    let publisher = publisher().await;
+    for payload in ["", "one", &"x".repeat(7999)] {
+        send(&publisher, &channel, payload).await;
+        assert_eq!(next_notification(&mut listener).await.payload, payload);
+    }
+    assert!(!format!("{listener:?}").contains(server.password()));
+}

@@ -20,6 +20,12 @@ pub(crate) trait RawConnection: Send + 'static {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<AsyncMessage, tokio_postgres::Error>>>;
+
+    /// Where notifications lifted out of the byte stream wait, for a
+    /// connection opened by [`PlainConnector`](crate::tap::PlainConnector).
+    fn tap(&self) -> Option<&crate::tap::NotificationTap> {
+        None
+    }
 }
 
 impl<S, T> RawConnection for tokio_postgres::Connection<S, T>
@@ -37,7 +43,7 @@ where
 
 /// A connection's two halves: the client that sends statements and the
 /// connection that must be polled for anything to happen.
-type Connected = (Client, Box<dyn RawConnection>);
+pub(crate) type Connected = (Client, Box<dyn RawConnection>);
 
 /// Opens connections with one TLS connector.
 pub(crate) trait Connector: Send + Sync + 'static {

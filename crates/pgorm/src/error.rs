@@ -210,6 +210,7 @@ impl OrmError {
     }
 
     /// Wraps an error from opening a connection.
+    #[cfg_attr(not(feature = "listen"), allow(dead_code))]
     pub(crate) fn connection(source: tokio_postgres::Error) -> Self {
         OrmError::Connection { source }
     }

@@ -63,6 +63,8 @@ pub mod listen;
 mod pg_client;
 mod pool;
 pub mod prelude;
+#[cfg_attr(not(feature = "listen"), allow(dead_code))]
+mod tap;
 #[cfg(feature = "rustls")]
 pub mod tls;
 

@@ -12,6 +12,7 @@ use crate::client::{GenericClient, Params, RowStream, StreamingClient};
 use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
 use crate::pool::{build_pool, parse_url, PoolConfig};
+use crate::tap::PlainConnector;
 
 /// The recommended way to talk to PostgreSQL: a connection pool, plus what it
 /// takes to open dedicated connections with the same settings.
@@ -67,7 +68,7 @@ impl PgClient {
     /// As [`connect`](Self::connect), and [`OrmError::Validation`] for an
     /// invalid `pool_config`.
     pub async fn connect_with(database_url: &str, pool_config: PoolConfig) -> OrmResult<PgClient> {
-        Self::connect_with_tls(database_url, pool_config, NoTls).await
+        Self::build(database_url, pool_config, NoTls, Arc::new(PlainConnector)).await
     }
 
     /// Connects with any tokio-postgres TLS connector (for instance
@@ -87,12 +88,28 @@ impl PgClient {
         T::TlsConnect: Sync + Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
+        let connector = Arc::new(TlsConnector(tls.clone()));
+        Self::build(database_url, pool_config, tls, connector).await
+    }
+
+    async fn build<T>(
+        database_url: &str,
+        pool_config: PoolConfig,
+        tls: T,
+        connector: Arc<dyn Connector>,
+    ) -> OrmResult<PgClient>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+        T::Stream: Sync + Send,
+        T::TlsConnect: Sync + Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
         let config = parse_url(database_url)?;
-        let pool = build_pool(config.clone(), tls.clone(), &pool_config)?;
+        let pool = build_pool(config.clone(), tls, &pool_config)?;
         let client = PgClient {
             pool,
             config: Arc::new(config),
-            connector: Arc::new(TlsConnector(tls)),
+            connector,
         };
         drop(client.connection().await?);
         Ok(client)

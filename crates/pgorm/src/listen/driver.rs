@@ -842,7 +842,19 @@ fn read_notifications(
     let received_at = SystemTime::now();
     let mut read = 0;
     while read < limit {
-        match connection.poll_message(cx) {
+        let polled = connection.poll_message(cx);
+        // Notifications the connection's stream lifted out, already owned.
+        if let Some(tap) = connection.tap() {
+            read += tap.drain(|lifted| {
+                into.push_back(ListenerEvent::Notification(PgNotification {
+                    process_id: lifted.process_id,
+                    channel: lifted.channel,
+                    payload: lifted.payload,
+                    received_at: lifted.received_at,
+                }));
+            });
+        }
+        match polled {
             Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
                 read += 1;
                 into.push_back(ListenerEvent::Notification(PgNotification {

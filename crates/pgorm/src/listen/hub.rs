@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Config, NoTls, Socket};
+use tokio_postgres::{Config, Socket};
 
 use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult, ValidationError};
@@ -24,6 +24,7 @@ use crate::listen::hooks::HookSlot;
 use crate::listen::listener::{poll_next_notification, server_channels};
 use crate::listen::queue::{EventQueue, Pushed, QueueCounters, Receiver};
 use crate::pool::parse_url;
+use crate::tap::PlainConnector;
 use crate::PgClient;
 
 type SharedQueue = EventQueue<Arc<PgNotification>>;
@@ -137,7 +138,7 @@ impl PgNotifyHub {
         config: PgListenerConfig,
     ) -> OrmResult<PgNotifyHub> {
         let pg_config = parse_url(database_url)?;
-        Self::start(Arc::new(TlsConnector(NoTls)), pg_config, config).await
+        Self::start(Arc::new(PlainConnector), pg_config, config).await
     }
 
     /// Connects with parsed settings and any tokio-postgres TLS connector.

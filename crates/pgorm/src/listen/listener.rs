@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Config, NoTls, Socket};
+use tokio_postgres::{Config, Socket};
 
 use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
@@ -18,6 +18,7 @@ use crate::listen::driver::{self, Command, DriverShared};
 use crate::listen::event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
 use crate::listen::queue::{EventQueue, Receiver};
 use crate::pool::parse_url;
+use crate::tap::PlainConnector;
 use crate::PgClient;
 
 /// Receives PostgreSQL notifications on a dedicated connection.
@@ -95,7 +96,7 @@ impl PgListener {
         config: PgListenerConfig,
     ) -> OrmResult<PgListener> {
         let pg_config = parse_url(database_url)?;
-        Self::start(Arc::new(TlsConnector(NoTls)), pg_config, config).await
+        Self::start(Arc::new(PlainConnector), pg_config, config).await
     }
 
     /// Connects with parsed settings and any tokio-postgres TLS connector.
