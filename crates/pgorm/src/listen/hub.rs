@@ -428,12 +428,7 @@ impl Router {
         };
         route.received += notifications.len() as u64;
         for (_, queue) in &route.subscribers {
-            let dropped = queue.push_all(
-                notifications
-                    .iter()
-                    .cloned()
-                    .map(ListenerEvent::Notification),
-            );
+            let dropped = queue.push_shared(notifications);
             if dropped > 0 {
                 self.hooks
                     .call(|hooks| hooks.on_drop(Some(channel), dropped));
@@ -471,7 +466,7 @@ impl Sink for Router {
                     flush(&mut routes, &mut groups);
                     for route in routes.values() {
                         for (_, queue) in &route.subscribers {
-                            queue.push_all([ListenerEvent::Reconnected { generation }]);
+                            queue.push_marker(ListenerEvent::Reconnected { generation });
                         }
                     }
                     self.reconnects.send_replace(generation);

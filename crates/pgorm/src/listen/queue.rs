@@ -184,17 +184,39 @@ impl<N> EventQueue<N> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `items` under one lock, applying the policy (never blocking),
-    /// and wakes the consumer once. Returns how many notifications it dropped.
-    pub(crate) fn push_all(&self, items: impl IntoIterator<Item = Item<N>>) -> u64 {
+    /// Queues `notifications` under one lock, applying the policy (never
+    /// blocking), and wakes the consumer once. Returns how many it dropped.
+    pub(crate) fn push_shared(&self, notifications: &[N]) -> u64
+    where
+        N: Clone,
+    {
         let mut state = self.lock();
+        if state.queued + notifications.len() <= state.capacity {
+            // Room for all: no policy to apply.
+            state.items.extend(
+                notifications
+                    .iter()
+                    .cloned()
+                    .map(ListenerEvent::Notification),
+            );
+            state.queued += notifications.len();
+            return self.after_push(state, 0);
+        }
         let mut dropped = 0;
-        for item in items {
+        for notification in notifications {
+            let item = ListenerEvent::Notification(notification.clone());
             if let Offer::QueuedWithDrop = state.offer(item, false) {
                 dropped += 1;
             }
         }
         self.after_push(state, dropped)
+    }
+
+    /// Queues a marker (it never counts against the capacity).
+    pub(crate) fn push_marker(&self, marker: ListenerEvent<N>) {
+        let mut state = self.lock();
+        state.offer(marker, false);
+        self.after_push(state, 0);
     }
 
     fn after_push(&self, mut state: std::sync::MutexGuard<'_, QueueState<N>>, dropped: u64) -> u64 {
