@@ -45,19 +45,6 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     quoted
 }
 
-/// `LISTEN` statements for every channel, as one simple-query string, so
-/// re-subscribing after a reconnect is one round trip however many channels
-/// there are.
-pub(crate) fn listen_all<'a>(channels: impl IntoIterator<Item = &'a String>) -> String {
-    let mut sql = String::new();
-    for channel in channels {
-        sql.push_str("LISTEN ");
-        sql.push_str(&quote_identifier(channel));
-        sql.push(';');
-    }
-    sql
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,11 +84,5 @@ mod tests {
         // 31 two-byte characters are 62 bytes; 22 three-byte ones are 66.
         assert_eq!(validate_channel(&"é".repeat(31)), Ok(()));
         assert!(validate_channel(&"€".repeat(22)).is_err());
-    }
-
-    #[test]
-    fn listen_all_is_one_string_of_quoted_statements() {
-        let channels = ["a".to_string(), "B c".to_string()];
-        assert_eq!(listen_all(&channels), "LISTEN \"a\";LISTEN \"B c\";");
     }
 }

@@ -18,7 +18,7 @@ use tokio_postgres::{AsyncMessage, Client, Config};
 
 use crate::connect::{Connector, RawConnection};
 use crate::error::{OrmError, OrmResult};
-use crate::listen::channel::{listen_all, quote_identifier};
+use crate::listen::channel::quote_identifier;
 use crate::listen::config::{Jitter, PgListenerConfig};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
 use crate::listen::hooks::HookSlot;
@@ -263,13 +263,7 @@ impl Session {
     /// Sends `LISTEN`/`UNLISTEN` for the difference between `wanted` and what
     /// this session listens to.
     fn sync(&mut self, wanted: &BTreeSet<String>) {
-        let mut sql = String::new();
-        for channel in wanted.difference(&self.listening) {
-            sql.push_str(&format!("LISTEN {};", quote_identifier(channel)));
-        }
-        for channel in self.listening.difference(wanted) {
-            sql.push_str(&format!("UNLISTEN {};", quote_identifier(channel)));
-        }
+        let sql = sync_statements(wanted, &self.listening);
         if !sql.is_empty() {
             self.listening = wanted.clone();
             self.start(sql, OperationKind::Answered);
@@ -511,14 +505,8 @@ impl Driver {
     /// Commands that arrived while a reconnect was opening a session changed
     /// the channel set after it was read: apply the difference.
     async fn catch_up_channels(&mut self, opened: &mut Opened) -> OrmResult<()> {
-        let wanted = self.shared.channels();
-        let mut sql = String::new();
-        for channel in wanted.iter().filter(|c| !opened.listening.contains(c)) {
-            sql.push_str(&format!("LISTEN {};", quote_identifier(channel)));
-        }
-        for channel in opened.listening.iter().filter(|c| !wanted.contains(c)) {
-            sql.push_str(&format!("UNLISTEN {};", quote_identifier(channel)));
-        }
+        let wanted = self.shared.lock_channels().clone();
+        let sql = sync_statements(&wanted, &opened.session.listening);
         if !sql.is_empty() {
             let client = opened.session.client.clone();
             run_statement(
@@ -527,6 +515,7 @@ impl Driver {
                 client.batch_execute(&sql),
             )
             .await?;
+            opened.session.listening = wanted;
         }
         Ok(())
     }
@@ -755,11 +744,23 @@ impl Driver {
     }
 }
 
-/// A freshly opened session, the channels it listens to, and the
-/// notifications that arrived while its `LISTEN` ran.
+/// The `LISTEN` and `UNLISTEN` statements, as one simple-query string, that
+/// take a session listening to `listening` to `wanted`.
+fn sync_statements(wanted: &BTreeSet<String>, listening: &BTreeSet<String>) -> String {
+    let mut sql = String::new();
+    for channel in wanted.difference(listening) {
+        sql.push_str(&format!("LISTEN {};", quote_identifier(channel)));
+    }
+    for channel in listening.difference(wanted) {
+        sql.push_str(&format!("UNLISTEN {};", quote_identifier(channel)));
+    }
+    sql
+}
+
+/// A freshly opened session and the notifications that arrived while its
+/// `LISTEN` ran.
 struct Opened {
     session: Session,
-    listening: Vec<String>,
     early: VecDeque<ListenerEvent>,
 }
 
@@ -779,21 +780,18 @@ async fn open_session(
         let mut session = Session {
             client: Arc::new(client),
             connection,
-            listening: channels.iter().cloned().collect(),
+            listening: channels.into_iter().collect(),
             operations: Vec::new(),
             health: Health::Idle(Box::pin(tokio::time::sleep(health_interval))),
         };
         let mut early = VecDeque::new();
-        if !channels.is_empty() {
+        // Every channel in one round trip, however many there are.
+        let sql = sync_statements(&session.listening, &BTreeSet::new());
+        if !sql.is_empty() {
             let client = session.client.clone();
-            let sql = listen_all(&channels);
             run_statement(&mut session, &mut early, client.batch_execute(&sql)).await?;
         }
-        Ok(Opened {
-            session,
-            listening: channels,
-            early,
-        })
+        Ok(Opened { session, early })
     };
     match tokio::time::timeout(timeout, opening).await {
         Ok(opened) => opened,
@@ -881,4 +879,26 @@ fn read_notifications(
     // consumer has had a turn.
     cx.waker().wake_by_ref();
     (read, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn sync_statements_listen_to_the_missing_and_unlisten_the_extra_in_one_string() {
+        assert_eq!(
+            sync_statements(&set(&["a", "B c"]), &BTreeSet::new()),
+            "LISTEN \"B c\";LISTEN \"a\";"
+        );
+        assert_eq!(
+            sync_statements(&set(&["keep", "new"]), &set(&["keep", "old\"; --"])),
+            "LISTEN \"new\";UNLISTEN \"old\"\"; --\";"
+        );
+        assert_eq!(sync_statements(&set(&["same"]), &set(&["same"])), "");
+    }
 }
