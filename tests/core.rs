@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use pgorm::prelude::*;
-use support::{fresh_database, raw_client, within, TestServer};
+use support::{fresh_database, raw_client, tls_url_and_connector, within, TestServer};
 
 /// Runs every method of both traits on `client`, which sees table `items`
 /// holding ids 1..=3.
@@ -241,13 +241,7 @@ async fn pg_client_debug_output_hides_the_password() {
 
 #[tokio::test]
 async fn pg_client_connects_over_tls_with_the_servers_certificate_authority() {
-    let server = TestServer::shared();
-    let tls = pgorm::tls::rustls_connector_with_pem_roots(server.ca_certificate_pem().as_bytes())
-        .unwrap();
-    let url = format!(
-        "{}?sslmode=require",
-        server.url().replace("127.0.0.1", "localhost")
-    );
+    let (url, tls) = tls_url_and_connector();
     let client = within(
         "TLS connect",
         PgClient::connect_with_tls(&url, PoolConfig::default(), tls),

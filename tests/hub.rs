@@ -260,13 +260,7 @@ async fn subscribers_keep_receiving_across_a_backend_kill_with_the_marker_in_ord
     for subscription in &mut subscriptions {
         assert_eq!(next_of(subscription).await.payload, "before");
     }
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&name],
-        )
-        .await
-        .unwrap();
+    terminate_backends(&admin, &name).await;
     within("the watch", reconnects.changed()).await.unwrap();
     assert_eq!(*reconnects.borrow(), 1);
     send(&admin, &channel, "after").await;
@@ -581,13 +575,7 @@ async fn hooks_see_a_reconnect_in_order() {
     let admin = raw_client(&TestServer::shared().url()).await;
     send(&admin, &channel, "one").await;
     next_notification(&mut listener).await;
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&name],
-        )
-        .await
-        .unwrap();
+    terminate_backends(&admin, &name).await;
     assert!(matches!(
         next_event(&mut listener).await,
         ListenerEvent::Reconnected { .. }

@@ -353,13 +353,7 @@ async fn a_pg_client_listener_takes_no_pool_slot_and_names_itself() {
 
 #[tokio::test]
 async fn a_pg_client_listener_uses_the_clients_tls() {
-    let server = TestServer::shared();
-    let tls = pgorm::tls::rustls_connector_with_pem_roots(server.ca_certificate_pem().as_bytes())
-        .unwrap();
-    let url = format!(
-        "{}?sslmode=require",
-        server.url().replace("127.0.0.1", "localhost")
-    );
+    let (url, tls) = tls_url_and_connector();
     let client = PgClient::connect_with_tls(&url, PoolConfig::default(), tls)
         .await
         .unwrap();

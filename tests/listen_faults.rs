@@ -182,13 +182,7 @@ async fn without_reconnect_a_lost_connection_ends_the_stream_with_one_error() {
         .await
         .unwrap();
     let admin = raw_client(&server.url()).await;
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&name],
-        )
-        .await
-        .unwrap();
+    terminate_backends(&admin, &name).await;
 
     let error = within("the error", listener.next())
         .await

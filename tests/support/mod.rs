@@ -96,3 +96,28 @@ where
     })
     .await
 }
+
+/// Terminates every session with this application name, as an operator
+/// (or a failover) would.
+pub async fn terminate_backends(client: &tokio_postgres::Client, application_name: &str) {
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .expect("pg_terminate_backend");
+}
+
+/// A URL that requires TLS to the shared server (by a name its certificate
+/// covers) and a connector that trusts the server's authority.
+pub fn tls_url_and_connector() -> (String, pgorm::tls::MakeRustlsConnect) {
+    let server = TestServer::shared();
+    let tls = pgorm::tls::rustls_connector_with_pem_roots(server.ca_certificate_pem().as_bytes())
+        .expect("the test authority's certificate");
+    let url = format!(
+        "{}?sslmode=require",
+        server.url().replace("127.0.0.1", "localhost")
+    );
+    (url, tls)
+}
