@@ -536,7 +536,7 @@ impl Subscription {
         &self.channel
     }
 
-    /// The next notification, skipping markers; `None` once the hub has
+    /// The next notification (markers passed over); `None` once the hub has
     /// stopped (after one `Err` if it stopped on its own).
     ///
     /// # Cancel safety

@@ -207,7 +207,7 @@ impl PgListener {
             .map_err(|_| OrmError::closed("the listener has stopped"))?
     }
 
-    /// The next notification, skipping gap markers.
+    /// The next notification; gap markers are passed over.
     ///
     /// `None` once the listener has stopped; just before that, one `Err`
     /// says why if it stopped on its own (for example, it gave up
@@ -229,7 +229,7 @@ impl PgListener {
         std::future::poll_fn(|cx| self.receiver.poll_next(cx)).await
     }
 
-    /// The next queued notification without waiting, skipping markers:
+    /// The next queued notification without waiting (markers passed over):
     /// `Ok(None)` when nothing is queued now.
     ///
     /// # Errors

@@ -140,7 +140,7 @@ impl<T> std::fmt::Debug for TypedSubscription<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> TypedSubscription<T> {
-    /// The next message, skipping markers. `Some(Err(OrmError::Decode))`
+    /// The next message (markers passed over). `Some(Err(OrmError::Decode))`
     /// for a payload that is not a `T`; the next call goes on.
     ///
     /// # Cancel safety
