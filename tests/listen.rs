@@ -440,3 +440,37 @@ async fn a_multi_host_url_works_through_tokio_postgres_own_connect() {
     }
     assert!(!format!("{listener:?}").contains(server.password()));
 }
+
+#[tokio::test]
+async fn a_listener_over_a_unix_socket_reads_through_the_tap() {
+    let server = TestServer::shared();
+    let url = format!(
+        "host={} port={} user={} dbname=postgres",
+        server.socket_directory().display(),
+        server.port(),
+        pgorm_testkit::SUPERUSER,
+    );
+    let channel = unique("unix_socket");
+    let name = unique("unix_listener");
+    let config = PgListenerConfig::new()
+        .channels([channel.as_str()])
+        .application_name(&name);
+    let mut listener = PgListener::connect_with(&url, config).await.unwrap();
+    let publisher = publisher().await;
+    let on_socket: Option<String> = publisher
+        .query_one(
+            "SELECT client_addr::text FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        on_socket, None,
+        "a Unix-socket session has no client address"
+    );
+    for payload in ["", "über", &"y".repeat(7999)] {
+        send(&publisher, &channel, payload).await;
+        assert_eq!(next_notification(&mut listener).await.payload, payload);
+    }
+}

@@ -233,6 +233,12 @@ impl TestServer {
         &self.ca_pem
     }
 
+    /// The directory of the server's Unix socket (`host=` in a connection
+    /// string). Local connections need no password.
+    pub fn socket_directory(&self) -> &Path {
+        &self.dir
+    }
+
     /// The server's log file (useful in failure messages).
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("server.log")
