@@ -9,6 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, Client, Config, Socket};
 
+use crate::error::{OrmError, OrmResult};
+
 /// A boxed future, as the connector returns it.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -45,12 +47,9 @@ where
 /// connection that must be polled for anything to happen.
 pub(crate) type Connected = (Client, Box<dyn RawConnection>);
 
-/// Opens connections with one TLS connector.
+/// Opens dedicated connections.
 pub(crate) trait Connector: Send + Sync + 'static {
-    fn connect<'a>(
-        &'a self,
-        config: &'a Config,
-    ) -> BoxFuture<'a, Result<Connected, tokio_postgres::Error>>;
+    fn connect<'a>(&'a self, config: &'a Config) -> BoxFuture<'a, OrmResult<Connected>>;
 }
 
 /// The [`Connector`] for any tokio-postgres TLS connector (or `NoTls`).
@@ -63,12 +62,12 @@ where
     T::TlsConnect: Send,
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
-    fn connect<'a>(
-        &'a self,
-        config: &'a Config,
-    ) -> BoxFuture<'a, Result<Connected, tokio_postgres::Error>> {
+    fn connect<'a>(&'a self, config: &'a Config) -> BoxFuture<'a, OrmResult<Connected>> {
         Box::pin(async move {
-            let (client, connection) = config.connect(self.0.clone()).await?;
+            let (client, connection) = config
+                .connect(self.0.clone())
+                .await
+                .map_err(OrmError::connection)?;
             Ok((client, Box::new(connection) as Box<dyn RawConnection>))
         })
     }

@@ -31,6 +31,17 @@ pub enum OrmError {
         source: tokio_postgres::Error,
     },
 
+    /// A dedicated connection's socket could not be opened (listeners open
+    /// plain connections themselves).
+    #[error("database connection to {target} failed: {source}")]
+    Socket {
+        /// The host and port (or socket path) tried.
+        target: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The server rejected a statement, or its reply was not what the call
     /// expected. [`OrmError::sqlstate`] gives the SQLSTATE when the server
     /// sent one.
@@ -188,7 +199,7 @@ impl OrmError {
     /// Whether this error means the connection is unusable (failed to open,
     /// or lost).
     pub fn is_connection(&self) -> bool {
-        matches!(self, OrmError::Connection { .. })
+        matches!(self, OrmError::Connection { .. } | OrmError::Socket { .. })
     }
 
     /// Whether this is a timeout, including waiting for a pooled connection.

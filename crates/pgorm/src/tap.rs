@@ -23,6 +23,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
 use crate::connect::{BoxFuture, Connected, Connector, RawConnection};
+use crate::error::{OrmError, OrmResult};
 
 /// A notification lifted out of the byte stream.
 #[derive(Debug)]
@@ -313,44 +314,39 @@ impl RawConnection for TappedConnection {
 }
 
 /// The connector for plain connections: opens the socket itself so that a
-/// [`TapStream`] can sit under the connection. URLs it cannot serve exactly
-/// as tokio-postgres would (several hosts, TLS required) go to tokio-postgres'
-/// own connect, untapped.
+/// [`TapStream`] can sit under the connection. A URL with several hosts goes
+/// to tokio-postgres' own connect (which tries them in turn), untapped.
 pub(crate) struct PlainConnector;
 
 impl Connector for PlainConnector {
-    fn connect<'a>(
-        &'a self,
-        config: &'a Config,
-    ) -> BoxFuture<'a, Result<Connected, tokio_postgres::Error>> {
+    fn connect<'a>(&'a self, config: &'a Config) -> BoxFuture<'a, OrmResult<Connected>> {
         Box::pin(async move {
-            let single_host = config.get_hosts().len() == 1 && config.get_ports().len() <= 1;
-            let socket = match single_host {
-                true => open_socket(config).await.ok(),
-                false => None,
-            };
-            let Some(socket) = socket else {
-                // tokio-postgres reports the connection error in its own words.
-                let (client, connection) = config.connect(NoTls).await?;
+            if config.get_hosts().len() != 1 || config.get_ports().len() > 1 {
+                let (client, connection) =
+                    config.connect(NoTls).await.map_err(OrmError::connection)?;
                 return Ok((client, Box::new(connection) as Box<dyn RawConnection>));
-            };
+            }
+            let socket = open_socket(config).await?;
             let tap = Arc::new(NotificationTap::default());
             let (client, connection) = config
                 .connect_raw(TapStream::new(socket, tap.clone()), NoTls)
-                .await?;
-            Ok((
-                client,
-                Box::new(TappedConnection { connection, tap }) as Box<dyn RawConnection>,
-            ))
+                .await
+                .map_err(OrmError::connection)?;
+            let connection = TappedConnection { connection, tap };
+            Ok((client, Box::new(connection) as Box<dyn RawConnection>))
         })
     }
 }
 
 /// Opens the one host of `config` with its timeout and keepalive settings.
-async fn open_socket(config: &Config) -> io::Result<PlainSocket> {
+async fn open_socket(config: &Config) -> OrmResult<PlainSocket> {
     let port = config.get_ports().first().copied().unwrap_or(5432);
+    let target = match &config.get_hosts()[0] {
+        Host::Tcp(name) => format!("{name}:{port}"),
+        Host::Unix(directory) => format!("{}/.s.PGSQL.{port}", directory.display()),
+    };
     let connect = async {
-        match &config.get_hosts()[0] {
+        let opened: io::Result<PlainSocket> = match &config.get_hosts()[0] {
             Host::Tcp(name) => {
                 let stream = match config.get_hostaddrs().first() {
                     Some(address) => TcpStream::connect((*address, port)).await?,
@@ -374,14 +370,21 @@ async fn open_socket(config: &Config) -> io::Result<PlainSocket> {
                 let path = directory.join(format!(".s.PGSQL.{port}"));
                 Ok(PlainSocket::Unix(UnixStream::connect(path).await?))
             }
-        }
+        };
+        opened
     };
-    match config.get_connect_timeout() {
-        Some(timeout) => tokio::time::timeout(*timeout, connect)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?,
+    let opened = match config.get_connect_timeout() {
+        Some(timeout) => {
+            tokio::time::timeout(*timeout, connect)
+                .await
+                .map_err(|_| OrmError::Timeout {
+                    operation: "connect",
+                    after: *timeout,
+                })?
+        }
         None => connect.await,
-    }
+    };
+    opened.map_err(|source| OrmError::Socket { target, source })
 }
 
 #[cfg(test)]

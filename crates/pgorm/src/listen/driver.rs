@@ -21,7 +21,6 @@ use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::quote_identifier;
 use crate::listen::config::{Jitter, PgListenerConfig};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
-use crate::listen::hooks::HookSlot;
 use crate::listen::queue::Pushed;
 use crate::listen::trace;
 
@@ -49,22 +48,72 @@ pub(crate) trait Sink: Send + Sync + 'static {
 
 /// A request from a front end.
 pub(crate) enum Command {
-    /// `LISTEN`, answered after the server's acknowledgement. With
-    /// `remember`, the channel is also added to the wanted set (a listener);
-    /// without, the caller manages that set (a hub).
-    Listen {
-        channel: String,
-        remember: bool,
-        reply: oneshot::Sender<OrmResult<()>>,
-    },
-    Unlisten(String, oneshot::Sender<OrmResult<()>>),
-    UnlistenAll(oneshot::Sender<OrmResult<()>>),
+    /// A change to the channels listened to, answered once the server has
+    /// acknowledged it (at once while disconnected: the reconnect applies it).
+    Channels(ChannelCommand, oneshot::Sender<OrmResult<()>>),
     /// Bring the server's LISTEN set in line with the wanted channels (sent
     /// by a hub when a channel's last subscription is dropped).
     Sync,
     /// `pg_listening_channels()` of the driver's own session.
     ServerChannels(oneshot::Sender<OrmResult<Vec<String>>>),
     Close(oneshot::Sender<OrmResult<()>>),
+}
+
+/// A change to the channels listened to.
+pub(crate) enum ChannelCommand {
+    /// `LISTEN`. With `remember`, the channel is also added to the wanted
+    /// set (a listener); without, the caller manages that set (a hub).
+    Listen {
+        channel: String,
+        remember: bool,
+    },
+    Unlisten(String),
+    UnlistenAll,
+}
+
+impl ChannelCommand {
+    /// Records the change in the wanted set. Returns the channel if this
+    /// added it, so that a refused `LISTEN` can take it out again.
+    fn record(&self, wanted: &mut BTreeSet<String>) -> Option<String> {
+        match self {
+            ChannelCommand::Listen {
+                channel,
+                remember: true,
+            } => wanted.insert(channel.clone()).then(|| channel.clone()),
+            ChannelCommand::Listen { .. } => None,
+            ChannelCommand::Unlisten(channel) => {
+                wanted.remove(channel);
+                None
+            }
+            ChannelCommand::UnlistenAll => {
+                wanted.clear();
+                None
+            }
+        }
+    }
+
+    /// Records the change in what `listening` says the session listens to
+    /// and returns the statement that makes it. A `LISTEN` is sent even when
+    /// already listening: its reply must wait for an acknowledgement, which
+    /// an earlier `LISTEN` still in flight may not have had yet.
+    fn statement(self, listening: &mut BTreeSet<String>) -> String {
+        match self {
+            ChannelCommand::Listen { channel, .. } => {
+                let sql = format!("LISTEN {}", quote_identifier(&channel));
+                listening.insert(channel);
+                sql
+            }
+            ChannelCommand::Unlisten(channel) => {
+                let sql = format!("UNLISTEN {}", quote_identifier(&channel));
+                listening.remove(&channel);
+                sql
+            }
+            ChannelCommand::UnlistenAll => {
+                listening.clear();
+                "UNLISTEN *".to_string()
+            }
+        }
+    }
 }
 
 /// What the driver and its front end share.
@@ -149,7 +198,6 @@ pub(crate) async fn start(
     });
     let (commands, receiver) = mpsc::channel(64);
     let mut driver = Driver {
-        hooks: config.hooks.clone(),
         connector,
         pg_config,
         config,
@@ -178,7 +226,7 @@ pub(crate) async fn start(
         crate::connect::describe_target(&driver.pg_config)
     );
     driver.shared.set_state(ListenerState::Connected);
-    driver.hooks.call(|hooks| hooks.on_connect());
+    driver.config.hooks.call(|hooks| hooks.on_connect());
     let task = tokio::spawn(driver.run(session));
     Ok(DriverHandle {
         commands,
@@ -188,7 +236,6 @@ pub(crate) async fn start(
 }
 
 struct Driver {
-    hooks: HookSlot,
     connector: Arc<dyn Connector>,
     pg_config: Config,
     config: PgListenerConfig,
@@ -350,7 +397,7 @@ impl Driver {
                 }
                 SessionEnd::Lost(cause) => {
                     trace!(warn, "listener connection lost: {cause}");
-                    self.hooks.call(|hooks| hooks.on_disconnect(&cause));
+                    self.config.hooks.call(|hooks| hooks.on_disconnect(&cause));
                     session.release();
                     self.blocked = None;
                     match self.reconnect(cause).await {
@@ -377,8 +424,9 @@ impl Driver {
 
     fn stop(&mut self, error: Option<OrmError>) {
         self.shared.set_state(ListenerState::Closed);
-        // Whatever a blocked sink did not take is handed over regardless:
-        // the stream is ending, and it was read before the end.
+        // What a blocked sink did not take yet was read before the end: hand
+        // it over, dropping the oldest (counted and marked) if the queue is
+        // still full.
         self.sink.fall_back_to_dropping();
         let _ = self.sink.push_batch(&mut self.pending, Waker::noop());
         self.sink.finish(error);
@@ -408,7 +456,8 @@ impl Driver {
             }
             let delay = self.config.backoff_delay(attempt, self.jitter.next());
             trace!(debug, "listener reconnect attempt {attempt} in {delay:?}");
-            self.hooks
+            self.config
+                .hooks
                 .call(|hooks| hooks.on_reconnect_attempt(attempt, delay));
             if !delay.is_zero() {
                 self.while_disconnected(tokio::time::sleep(delay)).await?;
@@ -440,7 +489,8 @@ impl Driver {
                         info,
                         "listener reconnected (generation {generation}, attempt {attempt})"
                     );
-                    self.hooks
+                    self.config
+                        .hooks
                         .call(|hooks| hooks.on_reconnect(generation, attempt));
                     return Ok(session);
                 }
@@ -465,22 +515,8 @@ impl Driver {
             }
             loop {
                 match self.commands.poll_recv(cx) {
-                    Poll::Ready(Some(Command::Listen {
-                        channel,
-                        remember,
-                        reply,
-                    })) => {
-                        if remember {
-                            self.shared.lock_channels().insert(channel);
-                        }
-                        let _ = reply.send(Ok(()));
-                    }
-                    Poll::Ready(Some(Command::Unlisten(channel, reply))) => {
-                        self.shared.lock_channels().remove(&channel);
-                        let _ = reply.send(Ok(()));
-                    }
-                    Poll::Ready(Some(Command::UnlistenAll(reply))) => {
-                        self.shared.lock_channels().clear();
+                    Poll::Ready(Some(Command::Channels(change, reply))) => {
+                        change.record(&mut self.shared.lock_channels());
                         let _ = reply.send(Ok(()));
                     }
                     // The reconnect listens to the wanted set as it is then.
@@ -536,31 +572,10 @@ impl Driver {
     fn poll_session(&mut self, session: &mut Session, cx: &mut Context<'_>) -> Poll<SessionEnd> {
         loop {
             match self.commands.poll_recv(cx) {
-                Poll::Ready(Some(Command::Listen {
-                    channel,
-                    remember,
-                    reply,
-                })) => {
-                    let added = remember && self.shared.lock_channels().insert(channel.clone());
-                    // Sent even when already listening: the reply must wait
-                    // for an acknowledgement, which an earlier LISTEN still
-                    // in flight may not have had yet.
-                    let sql = format!("LISTEN {}", quote_identifier(&channel));
-                    session.listening.insert(channel.clone());
-                    let added = added.then_some(channel);
+                Poll::Ready(Some(Command::Channels(change, reply))) => {
+                    let added = change.record(&mut self.shared.lock_channels());
+                    let sql = change.statement(&mut session.listening);
                     session.start(sql, OperationKind::Command { reply, added });
-                }
-                Poll::Ready(Some(Command::Unlisten(channel, reply))) => {
-                    self.shared.lock_channels().remove(&channel);
-                    let sql = format!("UNLISTEN {}", quote_identifier(&channel));
-                    session.listening.remove(&channel);
-                    session.start(sql, OperationKind::Command { reply, added: None });
-                }
-                Poll::Ready(Some(Command::UnlistenAll(reply))) => {
-                    self.shared.lock_channels().clear();
-                    session.listening.clear();
-                    let kind = OperationKind::Command { reply, added: None };
-                    session.start("UNLISTEN *".to_string(), kind);
                 }
                 Poll::Ready(Some(Command::Sync)) => {
                     session.sync(&self.shared.lock_channels());
@@ -598,7 +613,7 @@ impl Driver {
             self.shared
                 .received
                 .fetch_add(read as u64, Ordering::Relaxed);
-            self.hooks.call(|hooks| {
+            self.config.hooks.call(|hooks| {
                 let start = self.pending.len() - read;
                 for event in self.pending.range(start..) {
                     if let ListenerEvent::Notification(notification) = event {
@@ -628,7 +643,7 @@ impl Driver {
             let (pushed, dropped) = self.sink.push_batch(&mut self.pending, cx.waker());
             if dropped > 0 {
                 trace!(warn, "listener queue full: dropped {dropped} notifications");
-                self.hooks.call(|hooks| hooks.on_drop(None, dropped));
+                self.config.hooks.call(|hooks| hooks.on_drop(None, dropped));
             }
             if pushed == Pushed::All {
                 self.blocked = None;
@@ -645,7 +660,9 @@ impl Driver {
                 warn,
                 "listener consumer blocked the connection for {timeout:?}: dropping the oldest until it catches up"
             );
-            self.hooks.call(|hooks| hooks.on_block_timeout(timeout));
+            self.config
+                .hooks
+                .call(|hooks| hooks.on_block_timeout(timeout));
             self.sink.fall_back_to_dropping();
             self.blocked = None;
         }
@@ -773,10 +790,7 @@ async fn open_session(
     health_interval: Duration,
 ) -> OrmResult<Opened> {
     let opening = async {
-        let (client, connection) = connector
-            .connect(&pg_config)
-            .await
-            .map_err(OrmError::connection)?;
+        let (client, connection) = connector.connect(&pg_config).await?;
         let mut session = Session {
             client: Arc::new(client),
             connection,

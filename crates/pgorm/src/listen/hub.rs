@@ -18,7 +18,7 @@ use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult, ValidationError};
 use crate::listen::channel::validate_channel;
 use crate::listen::config::{PgListenerConfig, QueuePolicy};
-use crate::listen::driver::{self, Command, DriverShared, Sink};
+use crate::listen::driver::{self, ChannelCommand, Command, DriverShared, Sink};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
 use crate::listen::hooks::HookSlot;
 use crate::listen::listener::{poll_next_notification, server_channels};
@@ -238,11 +238,13 @@ impl PgNotifyHub {
         let stopped = || OrmError::closed("the hub has stopped");
         self.inner
             .commands
-            .send(Command::Listen {
-                channel: channel.to_owned(),
-                remember: false,
+            .send(Command::Channels(
+                ChannelCommand::Listen {
+                    channel: channel.to_owned(),
+                    remember: false,
+                },
                 reply,
-            })
+            ))
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())??;

@@ -14,7 +14,7 @@ use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::validate_channel;
 use crate::listen::config::PgListenerConfig;
-use crate::listen::driver::{self, Command, DriverShared};
+use crate::listen::driver::{self, ChannelCommand, Command, DriverShared};
 use crate::listen::event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
 use crate::listen::queue::{EventQueue, Receiver};
 use crate::pool::parse_url;
@@ -155,10 +155,10 @@ impl PgListener {
     /// by [`channels`](Self::channels) either way.
     pub async fn listen(&self, channel: &str) -> OrmResult<()> {
         validate_channel(channel)?;
-        self.command(|reply| Command::Listen {
-            channel: channel.to_owned(),
+        let channel = channel.to_owned();
+        self.command(ChannelCommand::Listen {
+            channel,
             remember: true,
-            reply,
         })
         .await
     }
@@ -170,7 +170,7 @@ impl PgListener {
     /// As [`listen`](Self::listen).
     pub async fn unlisten(&self, channel: &str) -> OrmResult<()> {
         validate_channel(channel)?;
-        self.command(|reply| Command::Unlisten(channel.to_owned(), reply))
+        self.command(ChannelCommand::Unlisten(channel.to_owned()))
             .await
     }
 
@@ -190,16 +190,13 @@ impl PgListener {
     /// # Errors
     /// [`OrmError::Closed`] after the listener has stopped.
     pub async fn unlisten_all(&self) -> OrmResult<()> {
-        self.command(Command::UnlistenAll).await
+        self.command(ChannelCommand::UnlistenAll).await
     }
 
-    async fn command(
-        &self,
-        make: impl FnOnce(oneshot::Sender<OrmResult<()>>) -> Command,
-    ) -> OrmResult<()> {
+    async fn command(&self, change: ChannelCommand) -> OrmResult<()> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(make(reply))
+            .send(Command::Channels(change, reply))
             .await
             .map_err(|_| OrmError::closed("the listener has stopped"))?;
         answer

@@ -12,10 +12,6 @@ use crate::listen::config::QueuePolicy;
 use crate::listen::driver::Sink;
 use crate::listen::event::{ListenerEvent, PgNotification};
 
-/// An entry of the queue: a notification or a marker. The same type flows
-/// from the driver to the consumer, so whole buffers can change hands.
-pub(crate) type Item<N> = ListenerEvent<N>;
-
 /// Counts kept outside the queue's lock, so that several queues (a hub
 /// channel's subscribers) can share one set.
 #[derive(Debug, Default)]
@@ -44,7 +40,7 @@ enum Taken {
 /// per notification.
 pub(crate) struct Receiver<N> {
     queue: Arc<EventQueue<N>>,
-    taken: VecDeque<Item<N>>,
+    taken: VecDeque<ListenerEvent<N>>,
     /// Notifications in `taken`.
     taken_notifications: usize,
 }
@@ -122,13 +118,15 @@ pub(crate) enum Pushed {
     Blocked,
 }
 
+/// The queue's items are the events themselves, from the driver to the
+/// consumer, so whole buffers can change hands.
 pub(crate) struct EventQueue<N = PgNotification> {
     state: Mutex<QueueState<N>>,
     counters: Arc<QueueCounters>,
 }
 
 struct QueueState<N> {
-    items: VecDeque<Item<N>>,
+    items: VecDeque<ListenerEvent<N>>,
     /// How many of `items` are notifications (markers do not count against
     /// the capacity).
     queued: usize,
@@ -250,7 +248,7 @@ impl<N> EventQueue<N> {
     /// Moves up to [`TAKE_AT_ONCE`] items into the consumer's own buffer
     /// under one lock. When nothing is queued, registers `consumer` (if
     /// given) and says whether the stream is still open.
-    fn take_batch(&self, into: &mut VecDeque<Item<N>>, consumer: Option<&Waker>) -> Taken {
+    fn take_batch(&self, into: &mut VecDeque<ListenerEvent<N>>, consumer: Option<&Waker>) -> Taken {
         let mut state = self.lock();
         if state.items.is_empty() {
             return match std::mem::replace(&mut state.end, End::Drained) {
@@ -372,12 +370,12 @@ enum Offer<N> {
     /// (or the item itself was).
     QueuedWithDrop,
     /// A blocking queue is full; the notification comes back.
-    Refused(Item<N>),
+    Refused(ListenerEvent<N>),
 }
 
 impl<N> QueueState<N> {
     /// Queues one item by the policy.
-    fn offer(&mut self, item: Item<N>, blocking: bool) -> Offer<N> {
+    fn offer(&mut self, item: ListenerEvent<N>, blocking: bool) -> Offer<N> {
         let notification = match item {
             ListenerEvent::Notification(notification) => notification,
             ListenerEvent::Reconnected { generation } => {
