@@ -79,9 +79,10 @@ impl PgListener {
     /// Connects without TLS, with the default [`PgListenerConfig`].
     ///
     /// # Errors
-    /// [`OrmError::Config`] for an unparsable URL; [`OrmError::Connection`]
-    /// or [`OrmError::Timeout`] when the first connection cannot be opened
-    /// (the first connection is not retried: a wrong URL fails at once).
+    /// [`OrmError::Config`] for an unparsable URL; [`OrmError::Connection`],
+    /// [`OrmError::Socket`] or [`OrmError::Timeout`] when the first
+    /// connection cannot be opened (the first connection is not retried: a
+    /// wrong URL fails at once).
     pub async fn connect(database_url: &str) -> OrmResult<PgListener> {
         Self::connect_with(database_url, PgListenerConfig::default()).await
     }
