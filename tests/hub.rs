@@ -275,6 +275,87 @@ async fn subscribers_keep_receiving_across_a_backend_kill_with_the_marker_in_ord
     assert_eq!(hub.stats().reconnects, 1);
 }
 
+/// Reads `subscription` as batches until `count` notifications have come:
+/// notifications as payloads, markers as `L<n>` / `R<n>`.
+async fn read_batches(subscription: &mut Subscription, count: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut notifications = 0;
+    while notifications < count {
+        let event = within("the next batch", subscription.next_batch())
+            .await
+            .expect("the subscription ended")
+            .expect("the subscription failed");
+        match event {
+            ListenerEvent::Notification(batch) => {
+                assert!(!batch.is_empty(), "a batch is never empty");
+                notifications += batch.len();
+                seen.extend(batch.iter().map(|n| n.payload.clone()));
+            }
+            ListenerEvent::Lagged { dropped } => {
+                notifications += dropped as usize;
+                seen.push(format!("L{dropped}"));
+            }
+            ListenerEvent::Reconnected { generation } => seen.push(format!("R{generation}")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn batches_carry_every_notification_in_order_with_gaps_and_reconnects_between() {
+    let channel = unique("batches");
+    let name = unique("batch_app");
+    let config = PgListenerConfig::new()
+        .application_name(&name)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let hub = PgNotifyHub::connect_with(&TestServer::shared().url(), config)
+        .await
+        .unwrap();
+    let mut batches = hub.subscribe(&channel).await.unwrap();
+    let mut singles = hub.subscribe(&channel).await.unwrap();
+    let mut small = hub
+        .subscribe_with(&channel, 10, QueuePolicy::DropNewest)
+        .await
+        .unwrap();
+    let admin = raw_client(&TestServer::shared().url()).await;
+    admin
+        .execute(
+            "SELECT pg_notify($1, n::text) FROM generate_series(0, 999) AS n",
+            &[&channel],
+        )
+        .await
+        .unwrap();
+
+    let all: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    assert_eq!(read_batches(&mut batches, 1000).await, all);
+    for i in 0..1000 {
+        assert_eq!(next_of(&mut singles).await.payload, i.to_string());
+    }
+    // Mixed: one notification, then the rest as batches, then the gap.
+    let mut kept = vec![next_of(&mut small).await.payload.clone()];
+    kept.extend(read_batches(&mut small, 999).await);
+    let expected: Vec<String> = (0..10)
+        .map(|i| i.to_string())
+        .chain(["L990".to_string()])
+        .collect();
+    assert_eq!(kept, expected);
+
+    let mut reconnects = hub.reconnects();
+    terminate_backends(&admin, &name).await;
+    within("the reconnect", reconnects.changed()).await.unwrap();
+    send(&admin, &channel, "after").await;
+    assert_eq!(read_batches(&mut batches, 1).await, ["R1", "after"]);
+    assert_eq!(next_of(&mut singles).await.payload, "after");
+
+    let stats = hub.stats().channels[0].clone();
+    assert_eq!(
+        (stats.received, stats.delivered, stats.dropped),
+        (1001, 1001 + 1001 + 10, 990),
+        "the small queue still holds \"after\": not delivered yet"
+    );
+}
+
 #[tokio::test]
 async fn a_thousand_subscribers_share_one_connection() {
     let channels: Vec<String> = (0..10).map(|_| unique("fanout")).collect();

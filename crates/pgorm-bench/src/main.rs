@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use peers::{Consumer, Received, HUB, LISTENER, RAW, SQLX};
-use pgorm::listen::QueuePolicy;
+use pgorm::listen::{ListenerEvent, QueuePolicy};
 
 const THROUGHPUT_TOTAL: i64 = 200_000;
 const THROUGHPUT_TX: i64 = 1_000;
@@ -51,6 +51,7 @@ fn runs_of(workload: &str) -> Vec<&'static str> {
             LISTENER,
             "pgorm PgNotifyHub x1",
             "pgorm PgNotifyHub x100",
+            "pgorm PgNotifyHub x100 next_batch",
             SQLX,
             "publisher alone",
         ],
@@ -350,6 +351,12 @@ async fn throughput(run: &str, url: &str) -> Results {
     }
     let (elapsed, cpu, dropped) = if let Some(subscribers) = run.strip_prefix("pgorm PgNotifyHub x")
     {
+        // "x100" reads one notification at a time, "x100 next_batch" whole
+        // shared batches.
+        let (subscribers, batches) = match subscribers.split_once(' ') {
+            Some((count, "next_batch")) => (count, true),
+            _ => (subscribers, false),
+        };
         let subscribers: usize = subscribers.parse().unwrap();
         let (_hub, subscriptions) = peers::hub_with_subscribers(url, &channel, subscribers).await;
         let cpu0 = measure::thread_cpu();
@@ -359,15 +366,34 @@ async fn throughput(run: &str, url: &str) -> Results {
             .into_iter()
             .map(|mut subscription| {
                 tokio::spawn(async move {
-                    let mut count = 0;
-                    let mut dropped = 0;
-                    while count + dropped < total as u64 {
-                        match subscription.next_event().await {
-                            Some(Ok(pgorm::listen::ListenerEvent::Notification(_))) => count += 1,
-                            Some(Ok(pgorm::listen::ListenerEvent::Lagged { dropped: d })) => {
-                                dropped += d
-                            }
-                            Some(Ok(_)) => {}
+                    let total = total as u64;
+                    let (mut count, mut dropped) = (0, 0);
+                    while count + dropped < total {
+                        let event = if batches {
+                            subscription.next_batch().await.map(|event| {
+                                event.map(|event| match event {
+                                    ListenerEvent::Notification(batch) => batch.len() as u64,
+                                    ListenerEvent::Lagged { dropped: d } => {
+                                        dropped += d;
+                                        0
+                                    }
+                                    _ => 0,
+                                })
+                            })
+                        } else {
+                            subscription.next_event().await.map(|event| {
+                                event.map(|event| match event {
+                                    ListenerEvent::Notification(_) => 1,
+                                    ListenerEvent::Lagged { dropped: d } => {
+                                        dropped += d;
+                                        0
+                                    }
+                                    _ => 0,
+                                })
+                            })
+                        };
+                        match event {
+                            Some(Ok(notifications)) => count += notifications,
                             _ => break,
                         }
                     }

@@ -20,14 +20,13 @@ use crate::listen::channel::validate_channel;
 use crate::listen::config::{PgListenerConfig, QueuePolicy};
 use crate::listen::driver::{self, ChannelCommand, Command, DriverShared, Sink};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
+use crate::listen::fanout::{FanoutQueue, FanoutReceiver, NotificationBatch};
 use crate::listen::hooks::HookSlot;
-use crate::listen::listener::{poll_next_notification, server_channels};
-use crate::listen::queue::{EventQueue, Pushed, QueueCounters, Receiver};
+use crate::listen::listener::{server_channels, skip_markers};
+use crate::listen::queue::{Pushed, QueueCounters};
 use crate::pool::parse_url;
 use crate::tap::PlainConnector;
 use crate::PgClient;
-
-type SharedQueue = EventQueue<Arc<PgNotification>>;
 
 /// Fans one dedicated connection out to many subscribers in this process.
 ///
@@ -351,7 +350,7 @@ struct Router {
 }
 
 struct Route {
-    subscribers: Vec<(u64, Arc<SharedQueue>)>,
+    subscribers: Vec<(u64, Arc<FanoutQueue>)>,
     counters: Arc<QueueCounters>,
     received: u64,
 }
@@ -386,7 +385,7 @@ impl Router {
             received: 0,
         });
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(EventQueue::new(capacity, policy, route.counters.clone()));
+        let queue = Arc::new(FanoutQueue::new(capacity, policy, route.counters.clone()));
         route.subscribers.push((id, queue.clone()));
         // The wanted set changes under the routes lock, so it always matches
         // the routes.
@@ -394,7 +393,7 @@ impl Router {
         Ok(Subscription {
             channel: channel.to_owned(),
             id,
-            receiver: Receiver::new(queue),
+            receiver: FanoutReceiver::new(queue),
             hub: Arc::downgrade(hub),
         })
     }
@@ -415,13 +414,14 @@ impl Router {
         }
     }
 
-    /// Copies `notifications` (all of `channel`) into every subscription of
-    /// the channel: one lock and one wake-up per subscription.
+    /// Hands `notifications` (all of `channel`) to every subscription of the
+    /// channel as one shared batch: one lock, one reference count and one
+    /// wake-up per subscription, however many notifications there are.
     fn deliver(
         &self,
         routes: &mut HashMap<String, Route>,
         channel: &str,
-        notifications: &[Arc<PgNotification>],
+        notifications: Vec<Arc<PgNotification>>,
     ) {
         let Some(route) = routes.get_mut(channel) else {
             self.unrouted
@@ -429,8 +429,9 @@ impl Router {
             return;
         };
         route.received += notifications.len() as u64;
+        let batch = NotificationBatch::new(notifications.into());
         for (_, queue) in &route.subscribers {
-            let dropped = queue.push_shared(notifications);
+            let dropped = queue.push(&batch);
             if dropped > 0 {
                 self.hooks
                     .call(|hooks| hooks.on_drop(Some(channel), dropped));
@@ -447,7 +448,7 @@ impl Sink for Router {
         let flush = |routes: &mut HashMap<String, Route>,
                      groups: &mut Vec<(String, Vec<Arc<PgNotification>>)>| {
             for (channel, notifications) in groups.drain(..) {
-                self.deliver(routes, &channel, &notifications);
+                self.deliver(routes, &channel, notifications);
             }
         };
         for event in batch.drain(..) {
@@ -468,7 +469,7 @@ impl Sink for Router {
                     flush(&mut routes, &mut groups);
                     for route in routes.values() {
                         for (_, queue) in &route.subscribers {
-                            queue.push_marker(ListenerEvent::Reconnected { generation });
+                            queue.push_reconnected(generation);
                         }
                     }
                     self.reconnects.send_replace(generation);
@@ -511,7 +512,9 @@ impl Sink for Router {
 /// Notifications come as `Arc<PgNotification>`: every subscriber of a
 /// channel shares the one the hub read, so fanning out to many subscribers
 /// copies nothing (`notification.payload` reads the same;
-/// `Arc::unwrap_or_clone` gives an owned one).
+/// `Arc::unwrap_or_clone` gives an owned one). With many subscribers,
+/// [`next_batch`](Self::next_batch) is cheaper still: it hands over a shared
+/// run of notifications at once.
 ///
 /// Dropping the last subscription of a channel makes the hub `UNLISTEN` it.
 /// A subscription is also a [`Stream`] of `OrmResult<Arc<PgNotification>>`
@@ -519,7 +522,7 @@ impl Sink for Router {
 pub struct Subscription {
     channel: String,
     id: u64,
-    receiver: Receiver<Arc<PgNotification>>,
+    receiver: FanoutReceiver,
     hub: std::sync::Weak<HubInner>,
 }
 
@@ -544,7 +547,7 @@ impl Subscription {
     /// # Cancel safety
     /// Cancel safe: a notification is removed only when it is returned.
     pub async fn next(&mut self) -> Option<OrmResult<Arc<PgNotification>>> {
-        std::future::poll_fn(|cx| poll_next_notification(&mut self.receiver, cx)).await
+        std::future::poll_fn(|cx| skip_markers(|| self.receiver.poll_next(cx))).await
     }
 
     /// The next event, markers included, in order.
@@ -554,6 +557,47 @@ impl Subscription {
     #[inline]
     pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent<Arc<PgNotification>>>> {
         std::future::poll_fn(|cx| self.receiver.poll_next(cx)).await
+    }
+
+    /// The next [`NotificationBatch`] (the notifications that arrived
+    /// together, in order, with no gap inside), or the next marker, in
+    /// order. Reading a batch copies nothing and touches no reference count
+    /// per notification, so a channel with many subscribers is cheapest read
+    /// this way. `None` once the hub has stopped (after one `Err` if it
+    /// stopped on its own).
+    ///
+    /// Batches and single notifications can be mixed: a batch holds what
+    /// [`next`](Self::next) has not yet returned of it.
+    ///
+    /// ```
+    /// use pgorm::listen::{ListenerEvent, PgNotifyHub};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> pgorm::OrmResult<()> {
+    /// # let database_url = pgorm_testkit::TestServer::shared().url();
+    /// let hub = PgNotifyHub::connect(&database_url).await?;
+    /// let mut subscription = hub.subscribe("orders").await?;
+    ///
+    /// let client = pgorm::PgClient::connect(&database_url).await?;
+    /// pgorm::listen::notify_batch(&client, [("orders", "1"), ("orders", "2"), ("orders", "3")]).await?;
+    ///
+    /// let mut seen = Vec::new();
+    /// while seen.len() < 3 {
+    ///     match subscription.next_batch().await.unwrap()? {
+    ///         ListenerEvent::Notification(batch) => {
+    ///             seen.extend(batch.iter().map(|n| n.payload.clone()));
+    ///         }
+    ///         _marker => { /* Reconnected or Lagged: resync */ }
+    ///     }
+    /// }
+    /// assert_eq!(seen, ["1", "2", "3"]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`next`](Self::next).
+    pub async fn next_batch(&mut self) -> Option<OrmResult<ListenerEvent<NotificationBatch>>> {
+        std::future::poll_fn(|cx| self.receiver.poll_next_batch(cx)).await
     }
 
     /// The next queued event without waiting: `Ok(None)` when nothing is
@@ -575,7 +619,8 @@ impl Stream for Subscription {
     type Item = OrmResult<Arc<PgNotification>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_next_notification(&mut self.get_mut().receiver, cx)
+        let receiver = &mut self.get_mut().receiver;
+        skip_markers(|| receiver.poll_next(cx))
     }
 }
 

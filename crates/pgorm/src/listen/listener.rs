@@ -59,7 +59,7 @@ use crate::PgClient;
 pub struct PgListener {
     commands: mpsc::Sender<Command>,
     shared: Arc<DriverShared>,
-    receiver: Receiver<PgNotification>,
+    receiver: Receiver,
     task: tokio::task::JoinHandle<()>,
     target: String,
 }
@@ -215,7 +215,7 @@ impl PgListener {
     /// Cancel safe: if the future is dropped before it completes, no
     /// notification is lost; it stays queued for the next call.
     pub async fn next(&mut self) -> Option<OrmResult<PgNotification>> {
-        std::future::poll_fn(|cx| poll_next_notification(&mut self.receiver, cx)).await
+        std::future::poll_fn(|cx| skip_markers(|| self.receiver.poll_next(cx))).await
     }
 
     /// The next event: a notification or, in order with them, a
@@ -326,13 +326,13 @@ pub(crate) async fn server_channels(commands: &mpsc::Sender<Command>) -> OrmResu
     Ok(channels)
 }
 
+/// Polls `poll_event` until it gives something other than a marker.
 #[inline]
-pub(crate) fn poll_next_notification<N>(
-    receiver: &mut Receiver<N>,
-    cx: &mut Context<'_>,
+pub(crate) fn skip_markers<N>(
+    mut poll_event: impl FnMut() -> Poll<Option<OrmResult<ListenerEvent<N>>>>,
 ) -> Poll<Option<OrmResult<N>>> {
     loop {
-        return match receiver.poll_next(cx) {
+        return match poll_event() {
             Poll::Ready(Some(Ok(ListenerEvent::Notification(notification)))) => {
                 Poll::Ready(Some(Ok(notification)))
             }
@@ -378,7 +378,8 @@ impl Stream for PgListenerStream {
     type Item = OrmResult<PgNotification>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_next_notification(&mut self.get_mut().listener.receiver, cx)
+        let receiver = &mut self.get_mut().listener.receiver;
+        skip_markers(|| receiver.poll_next(cx))
     }
 }
 

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use crate::error::{OrmError, OrmResult};
 use crate::listen::config::QueuePolicy;
 use crate::listen::driver::Sink;
-use crate::listen::event::{ListenerEvent, PgNotification};
+use crate::listen::event::ListenerEvent;
 
 /// Counts kept outside the queue's lock, so that several queues (a hub
 /// channel's subscribers) can share one set.
@@ -23,10 +23,10 @@ pub(crate) struct QueueCounters {
 /// How many items a consumer takes from the shared queue under one lock.
 /// Held by the consumer, they are beyond the queue's capacity: memory stays
 /// below capacity plus this.
-const TAKE_AT_ONCE: usize = 256;
+pub(super) const TAKE_AT_ONCE: usize = 256;
 
-/// What [`EventQueue::take_batch`] found.
-enum Taken {
+/// What a consumer's take from a queue found.
+pub(super) enum Taken {
     /// This many notifications (and maybe markers) were taken.
     Some(usize),
     /// Nothing queued yet.
@@ -38,15 +38,15 @@ enum Taken {
 /// The consumer's end of an [`EventQueue`]: takes items in batches into a
 /// buffer of its own, so the queue's lock is taken once per batch, not once
 /// per notification.
-pub(crate) struct Receiver<N> {
-    queue: Arc<EventQueue<N>>,
-    taken: VecDeque<ListenerEvent<N>>,
+pub(crate) struct Receiver {
+    queue: Arc<EventQueue>,
+    taken: VecDeque<ListenerEvent>,
     /// Notifications in `taken`.
     taken_notifications: usize,
 }
 
-impl<N> Receiver<N> {
-    pub(crate) fn new(queue: Arc<EventQueue<N>>) -> Self {
+impl Receiver {
+    pub(crate) fn new(queue: Arc<EventQueue>) -> Self {
         Receiver {
             queue,
             taken: VecDeque::new(),
@@ -55,7 +55,7 @@ impl<N> Receiver<N> {
     }
 
     #[inline]
-    fn pop_taken(&mut self) -> Option<ListenerEvent<N>> {
+    fn pop_taken(&mut self) -> Option<ListenerEvent> {
         let item = self.taken.pop_front()?;
         if matches!(item, ListenerEvent::Notification(_)) {
             self.taken_notifications -= 1;
@@ -64,7 +64,7 @@ impl<N> Receiver<N> {
     }
 
     #[inline]
-    fn next(&mut self, consumer: Option<&Waker>) -> Option<Option<OrmResult<ListenerEvent<N>>>> {
+    fn next(&mut self, consumer: Option<&Waker>) -> Option<Option<OrmResult<ListenerEvent>>> {
         if let Some(event) = self.pop_taken() {
             return Some(Some(Ok(event)));
         }
@@ -86,7 +86,7 @@ impl<N> Receiver<N> {
     pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<OrmResult<ListenerEvent<N>>>> {
+    ) -> Poll<Option<OrmResult<ListenerEvent>>> {
         match self.next(Some(cx.waker())) {
             Some(item) => Poll::Ready(item),
             None => Poll::Pending,
@@ -95,7 +95,7 @@ impl<N> Receiver<N> {
 
     /// The next event if one is queued: `None` when nothing is queued now,
     /// `Some(None)` at the end of the stream.
-    pub(crate) fn try_next(&mut self) -> Option<Option<OrmResult<ListenerEvent<N>>>> {
+    pub(crate) fn try_next(&mut self) -> Option<Option<OrmResult<ListenerEvent>>> {
         self.next(None)
     }
 
@@ -120,13 +120,13 @@ pub(crate) enum Pushed {
 
 /// The queue's items are the events themselves, from the driver to the
 /// consumer, so whole buffers can change hands.
-pub(crate) struct EventQueue<N = PgNotification> {
-    state: Mutex<QueueState<N>>,
+pub(crate) struct EventQueue {
+    state: Mutex<QueueState>,
     counters: Arc<QueueCounters>,
 }
 
-struct QueueState<N> {
-    items: VecDeque<ListenerEvent<N>>,
+struct QueueState {
+    items: VecDeque<ListenerEvent>,
     /// How many of `items` are notifications (markers do not count against
     /// the capacity).
     queued: usize,
@@ -140,7 +140,7 @@ struct QueueState<N> {
     end: End,
 }
 
-enum End {
+pub(super) enum End {
     Open,
     /// The producer is done; after the queued events the consumer gets this
     /// error (if any), then the end of the stream.
@@ -151,13 +151,13 @@ enum End {
 
 /// Whether `slot` already holds a waker that wakes the same task as `waker`;
 /// if not, stores a clone.
-fn register(slot: &mut Option<Waker>, waker: &Waker) {
+pub(super) fn register(slot: &mut Option<Waker>, waker: &Waker) {
     if !slot.as_ref().is_some_and(|held| held.will_wake(waker)) {
         *slot = Some(waker.clone());
     }
 }
 
-impl<N> EventQueue<N> {
+impl EventQueue {
     pub(crate) fn new(capacity: usize, policy: QueuePolicy, counters: Arc<QueueCounters>) -> Self {
         EventQueue {
             state: Mutex::new(QueueState {
@@ -174,7 +174,7 @@ impl<N> EventQueue<N> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<N>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         // The state stays consistent between statements; a panic elsewhere
         // while holding the lock must not take the listener down with it.
         self.state
@@ -182,42 +182,7 @@ impl<N> EventQueue<N> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `notifications` under one lock, applying the policy (never
-    /// blocking), and wakes the consumer once. Returns how many it dropped.
-    pub(crate) fn push_shared(&self, notifications: &[N]) -> u64
-    where
-        N: Clone,
-    {
-        let mut state = self.lock();
-        if state.queued + notifications.len() <= state.capacity {
-            // Room for all: no policy to apply.
-            state.items.extend(
-                notifications
-                    .iter()
-                    .cloned()
-                    .map(ListenerEvent::Notification),
-            );
-            state.queued += notifications.len();
-            return self.after_push(state, 0);
-        }
-        let mut dropped = 0;
-        for notification in notifications {
-            let item = ListenerEvent::Notification(notification.clone());
-            if let Offer::QueuedWithDrop = state.offer(item, false) {
-                dropped += 1;
-            }
-        }
-        self.after_push(state, dropped)
-    }
-
-    /// Queues a marker (it never counts against the capacity).
-    pub(crate) fn push_marker(&self, marker: ListenerEvent<N>) {
-        let mut state = self.lock();
-        state.offer(marker, false);
-        self.after_push(state, 0);
-    }
-
-    fn after_push(&self, mut state: std::sync::MutexGuard<'_, QueueState<N>>, dropped: u64) -> u64 {
+    fn after_push(&self, mut state: std::sync::MutexGuard<'_, QueueState>, dropped: u64) -> u64 {
         let consumer = state.consumer.take();
         drop(state);
         if dropped > 0 {
@@ -248,7 +213,7 @@ impl<N> EventQueue<N> {
     /// Moves up to [`TAKE_AT_ONCE`] items into the consumer's own buffer
     /// under one lock. When nothing is queued, registers `consumer` (if
     /// given) and says whether the stream is still open.
-    fn take_batch(&self, into: &mut VecDeque<ListenerEvent<N>>, consumer: Option<&Waker>) -> Taken {
+    fn take_batch(&self, into: &mut VecDeque<ListenerEvent>, consumer: Option<&Waker>) -> Taken {
         let mut state = self.lock();
         if state.items.is_empty() {
             return match std::mem::replace(&mut state.end, End::Drained) {
@@ -304,9 +269,7 @@ impl<N> EventQueue<N> {
             queued,
         )
     }
-}
 
-impl EventQueue<PgNotification> {
     /// Moves events from the front of `batch` into the queue, applying the
     /// policy, and wakes the consumer once. With `BlockProducer` and a full
     /// queue, what is left stays in `batch` and `producer` is woken when the
@@ -349,7 +312,7 @@ impl EventQueue<PgNotification> {
     }
 }
 
-impl Sink for EventQueue<PgNotification> {
+impl Sink for EventQueue {
     fn push_batch(&self, batch: &mut VecDeque<ListenerEvent>, producer: &Waker) -> (Pushed, u64) {
         EventQueue::push_batch(self, batch, producer)
     }
@@ -364,18 +327,18 @@ impl Sink for EventQueue<PgNotification> {
 }
 
 /// What [`QueueState::offer`] did with an item.
-enum Offer<N> {
+enum Offer {
     Queued,
     /// Queued, and one notification was dropped by the policy to make room
     /// (or the item itself was).
     QueuedWithDrop,
     /// A blocking queue is full; the notification comes back.
-    Refused(ListenerEvent<N>),
+    Refused(ListenerEvent),
 }
 
-impl<N> QueueState<N> {
+impl QueueState {
     /// Queues one item by the policy.
-    fn offer(&mut self, item: ListenerEvent<N>, blocking: bool) -> Offer<N> {
+    fn offer(&mut self, item: ListenerEvent, blocking: bool) -> Offer {
         let notification = match item {
             ListenerEvent::Notification(notification) => notification,
             ListenerEvent::Reconnected { generation } => {

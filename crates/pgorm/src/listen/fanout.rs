@@ -1,0 +1,536 @@
+//! A hub subscription's queue. The hub reads a run of notifications of one
+//! channel and hands the same run to every subscriber: each queue holds
+//! [`NotificationBatch`]es (a shared run and the stretch of it still
+//! queued), so fanning a run out costs one reference count per subscriber,
+//! not one per notification.
+//!
+//! Policies are the drop policies only (hubs refuse `BlockProducer`); a drop
+//! shortens a batch and puts a `Lagged` marker where the gap is.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use crate::error::{OrmError, OrmResult};
+use crate::listen::config::QueuePolicy;
+use crate::listen::event::{ListenerEvent, PgNotification};
+use crate::listen::queue::{register, End, QueueCounters, Taken, TAKE_AT_ONCE};
+
+/// Consecutive notifications of one channel, with no gap between them,
+/// shared with every other subscriber of the channel: reading a batch copies
+/// nothing, and receiving one costs the same whether it holds one
+/// notification or hundreds. From [`Subscription::next_batch`].
+///
+/// It dereferences to a slice, so `batch.len()`, `batch.iter()` and
+/// `batch[0].payload` read it in place. Holding a batch keeps the whole run
+/// it came from (at most one read from the connection) in memory.
+///
+/// [`Subscription::next_batch`]: crate::listen::Subscription::next_batch
+#[derive(Clone)]
+pub struct NotificationBatch {
+    run: Arc<[Arc<PgNotification>]>,
+    start: usize,
+    end: usize,
+}
+
+impl NotificationBatch {
+    pub(crate) fn new(run: Arc<[Arc<PgNotification>]>) -> Self {
+        let end = run.len();
+        NotificationBatch { run, start: 0, end }
+    }
+
+    /// The first `len` notifications.
+    fn prefix(&self, len: usize) -> Self {
+        NotificationBatch {
+            end: self.start + len,
+            ..self.clone()
+        }
+    }
+
+    /// Without the first `count` notifications.
+    fn skip(&self, count: usize) -> Self {
+        NotificationBatch {
+            start: self.start + count,
+            ..self.clone()
+        }
+    }
+}
+
+impl std::ops::Deref for NotificationBatch {
+    type Target = [Arc<PgNotification>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.run[self.start..self.end]
+    }
+}
+
+impl std::fmt::Debug for NotificationBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Payloads are the application's data: only how many.
+        f.debug_struct("NotificationBatch")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+type Item = ListenerEvent<NotificationBatch>;
+
+/// The queue between the hub's router and one subscription.
+pub(crate) struct FanoutQueue {
+    state: Mutex<State>,
+    counters: Arc<QueueCounters>,
+}
+
+struct State {
+    items: VecDeque<Item>,
+    /// Notifications in `items` (markers do not count against the
+    /// capacity).
+    queued: usize,
+    capacity: usize,
+    policy: QueuePolicy,
+    consumer: Option<Waker>,
+    end: End,
+}
+
+impl FanoutQueue {
+    /// A queue with a drop `policy` (the hub refuses `BlockProducer`).
+    pub(crate) fn new(capacity: usize, policy: QueuePolicy, counters: Arc<QueueCounters>) -> Self {
+        debug_assert!(policy != QueuePolicy::BlockProducer);
+        FanoutQueue {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                queued: 0,
+                capacity,
+                policy,
+                consumer: None,
+                end: End::Open,
+            }),
+            counters,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // As `EventQueue::lock`: the state is consistent between statements.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `batch` by the policy and wakes the consumer. Returns how many
+    /// notifications were dropped.
+    pub(crate) fn push(&self, batch: &NotificationBatch) -> u64 {
+        let mut state = self.lock();
+        let dropped = state.offer(batch);
+        self.after_push(state, dropped)
+    }
+
+    /// Queues a `Reconnected` marker; consecutive ones merge into the newest.
+    pub(crate) fn push_reconnected(&self, generation: u64) {
+        let mut state = self.lock();
+        match state.items.back_mut() {
+            Some(ListenerEvent::Reconnected { generation: last }) => *last = generation,
+            _ => state
+                .items
+                .push_back(ListenerEvent::Reconnected { generation }),
+        }
+        self.after_push(state, 0);
+    }
+
+    /// Ends the stream: the consumer gets what is queued, then `error` (if
+    /// any), then `None`.
+    pub(crate) fn finish(&self, error: Option<OrmError>) {
+        let mut state = self.lock();
+        if matches!(state.end, End::Open) {
+            state.end = End::Finished(error);
+        }
+        self.after_push(state, 0);
+    }
+
+    fn after_push(&self, mut state: std::sync::MutexGuard<'_, State>, dropped: u64) -> u64 {
+        let consumer = state.consumer.take();
+        drop(state);
+        if dropped > 0 {
+            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if let Some(consumer) = consumer {
+            consumer.wake();
+        }
+        dropped
+    }
+
+    /// Moves items into the consumer's buffer under one lock, until about
+    /// [`TAKE_AT_ONCE`] notifications have moved. When nothing is queued,
+    /// registers `consumer` (if given) and says whether the stream is open.
+    fn take(&self, into: &mut VecDeque<Item>, consumer: Option<&Waker>) -> Taken {
+        let mut state = self.lock();
+        if state.items.is_empty() {
+            return match std::mem::replace(&mut state.end, End::Drained) {
+                End::Open => {
+                    state.end = End::Open;
+                    if let Some(waker) = consumer {
+                        register(&mut state.consumer, waker);
+                    }
+                    Taken::Nothing
+                }
+                End::Finished(error) => Taken::End(error),
+                End::Drained => Taken::End(None),
+            };
+        }
+        let mut moved = 0;
+        while moved < TAKE_AT_ONCE {
+            let Some(item) = state.items.pop_front() else {
+                break;
+            };
+            if let ListenerEvent::Notification(batch) = &item {
+                moved += batch.len();
+            }
+            into.push_back(item);
+        }
+        state.queued -= moved;
+        drop(state);
+        self.counters
+            .delivered
+            .fetch_add(moved as u64, Ordering::Relaxed);
+        Taken::Some(moved)
+    }
+
+    /// (delivered, dropped, queued).
+    fn counts(&self) -> (u64, u64, usize) {
+        let queued = self.lock().queued;
+        (
+            self.counters.delivered.load(Ordering::Relaxed),
+            self.counters.dropped.load(Ordering::Relaxed),
+            queued,
+        )
+    }
+}
+
+impl State {
+    /// Queues `batch` by the policy; returns how many notifications were
+    /// dropped (of the queue's or of the batch's).
+    fn offer(&mut self, batch: &NotificationBatch) -> u64 {
+        let len = batch.len();
+        if len == 0 {
+            return 0;
+        }
+        if self.queued + len <= self.capacity {
+            self.items
+                .push_back(ListenerEvent::Notification(batch.clone()));
+            self.queued += len;
+            return 0;
+        }
+        match self.policy {
+            QueuePolicy::DropNewest => {
+                let room = self.capacity - self.queued;
+                if room > 0 {
+                    self.items
+                        .push_back(ListenerEvent::Notification(batch.prefix(room)));
+                    self.queued += room;
+                }
+                let dropped = len - room;
+                self.mark_lagged_at_back(dropped);
+                dropped as u64
+            }
+            _ => {
+                // Only the newest `capacity` can stay: make room for as many
+                // of the batch as that allows, then drop the rest of it.
+                let kept = len.min(self.capacity);
+                let from_queue = (self.queued + kept).saturating_sub(self.capacity);
+                self.drop_oldest(from_queue);
+                let from_batch = len - kept;
+                if from_batch > 0 {
+                    self.mark_lagged_at_back(from_batch);
+                }
+                self.items
+                    .push_back(ListenerEvent::Notification(batch.skip(from_batch)));
+                self.queued += kept;
+                (from_queue + from_batch) as u64
+            }
+        }
+    }
+
+    fn mark_lagged_at_back(&mut self, count: usize) {
+        match self.items.back_mut() {
+            Some(ListenerEvent::Lagged { dropped }) => *dropped += count as u64,
+            _ => self.items.push_back(ListenerEvent::Lagged {
+                dropped: count as u64,
+            }),
+        }
+    }
+
+    /// Removes the `count` oldest notifications, marking each gap where it
+    /// is (after any marker queued before it).
+    fn drop_oldest(&mut self, mut count: usize) {
+        while count > 0 {
+            let Some(index) = self
+                .items
+                .iter()
+                .position(|item| matches!(item, ListenerEvent::Notification(_)))
+            else {
+                return;
+            };
+            let ListenerEvent::Notification(batch) = &mut self.items[index] else {
+                unreachable!("found a notification batch at {index}");
+            };
+            let dropped = count.min(batch.len());
+            batch.start += dropped;
+            if batch.is_empty() {
+                self.items.remove(index);
+            }
+            count -= dropped;
+            self.queued -= dropped;
+            match index.checked_sub(1).map(|before| &mut self.items[before]) {
+                Some(ListenerEvent::Lagged { dropped: before }) => *before += dropped as u64,
+                _ => self.items.insert(
+                    index,
+                    ListenerEvent::Lagged {
+                        dropped: dropped as u64,
+                    },
+                ),
+            }
+        }
+    }
+}
+
+/// A subscription's end of a [`FanoutQueue`]: takes batches under one lock
+/// into a buffer of its own, and hands them out whole or one notification at
+/// a time.
+pub(crate) struct FanoutReceiver {
+    queue: Arc<FanoutQueue>,
+    taken: VecDeque<Item>,
+    /// Notifications in `taken`.
+    held: usize,
+}
+
+impl FanoutReceiver {
+    pub(crate) fn new(queue: Arc<FanoutQueue>) -> Self {
+        FanoutReceiver {
+            queue,
+            taken: VecDeque::new(),
+            held: 0,
+        }
+    }
+
+    /// Makes sure `taken` has an item, taking from the queue if needed.
+    /// `None`: nothing queued yet; `Some(Some(end))`: the stream has ended.
+    fn fill(&mut self, consumer: Option<&Waker>) -> Option<Option<Option<OrmError>>> {
+        if !self.taken.is_empty() {
+            return Some(None);
+        }
+        match self.queue.take(&mut self.taken, consumer) {
+            Taken::Some(notifications) => {
+                self.held += notifications;
+                Some(None)
+            }
+            Taken::Nothing => None,
+            Taken::End(error) => Some(Some(error)),
+        }
+    }
+
+    /// The next notification or marker; `None` when nothing is queued now.
+    fn next(
+        &mut self,
+        consumer: Option<&Waker>,
+    ) -> Option<Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> {
+        if let Some(end) = self.fill(consumer)? {
+            return Some(end.map(Err));
+        }
+        let event = match self.taken.front_mut() {
+            Some(ListenerEvent::Notification(batch)) => {
+                let notification = batch[0].clone();
+                // In place: replacing the batch would count its run twice.
+                batch.start += 1;
+                if batch.is_empty() {
+                    self.taken.pop_front();
+                }
+                self.held -= 1;
+                ListenerEvent::Notification(notification)
+            }
+            _ => match self.taken.pop_front() {
+                Some(ListenerEvent::Reconnected { generation }) => {
+                    ListenerEvent::Reconnected { generation }
+                }
+                Some(ListenerEvent::Lagged { dropped }) => ListenerEvent::Lagged { dropped },
+                _ => unreachable!("fill left an item"),
+            },
+        };
+        Some(Some(Ok(event)))
+    }
+
+    /// The next batch (what is left of it) or marker; `None` when nothing
+    /// is queued now.
+    fn next_batch(
+        &mut self,
+        consumer: Option<&Waker>,
+    ) -> Option<Option<OrmResult<ListenerEvent<NotificationBatch>>>> {
+        if let Some(end) = self.fill(consumer)? {
+            return Some(end.map(Err));
+        }
+        let event = self.taken.pop_front()?;
+        if let ListenerEvent::Notification(batch) = &event {
+            self.held -= batch.len();
+        }
+        Some(Some(Ok(event)))
+    }
+
+    /// The next notification or marker, or `Pending` with the consumer's
+    /// waker registered. Cancel safe: nothing is removed unless returned.
+    #[inline]
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> {
+        self.next(Some(cx.waker()))
+            .map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// As [`poll_next`](Self::poll_next), a whole batch at a time.
+    pub(crate) fn poll_next_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<OrmResult<ListenerEvent<NotificationBatch>>>> {
+        self.next_batch(Some(cx.waker()))
+            .map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// The next event if one is queued: `None` when nothing is queued now,
+    /// `Some(None)` at the end of the stream.
+    pub(crate) fn try_next(
+        &mut self,
+    ) -> Option<Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> {
+        self.next(None)
+    }
+
+    /// (delivered, dropped, queued), counting what this receiver holds as
+    /// queued, not delivered.
+    pub(crate) fn counts(&self) -> (u64, u64, usize) {
+        let (taken, dropped, queued) = self.queue.counts();
+        (taken - self.held as u64, dropped, queued + self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(payloads: &[&str]) -> NotificationBatch {
+        let run: Vec<_> = payloads
+            .iter()
+            .map(|payload| {
+                Arc::new(PgNotification {
+                    process_id: 1,
+                    channel: "c".into(),
+                    payload: (*payload).into(),
+                    received_at: std::time::SystemTime::UNIX_EPOCH,
+                })
+            })
+            .collect();
+        NotificationBatch::new(run.into())
+    }
+
+    fn queue(capacity: usize, policy: QueuePolicy) -> Arc<FanoutQueue> {
+        Arc::new(FanoutQueue::new(capacity, policy, Arc::default()))
+    }
+
+    fn describe(event: ListenerEvent<Arc<PgNotification>>) -> String {
+        match event {
+            ListenerEvent::Notification(n) => n.payload.clone(),
+            ListenerEvent::Lagged { dropped } => format!("L{dropped}"),
+            ListenerEvent::Reconnected { generation } => format!("R{generation}"),
+        }
+    }
+
+    /// Everything the consumer would see now, one at a time, notifications
+    /// as payloads and markers as `L<n>` / `R<n>`.
+    fn drain(receiver: &mut FanoutReceiver) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(Some(Ok(event))) = receiver.try_next() {
+            seen.push(describe(event));
+        }
+        seen
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_and_marks_the_gap_before_them() {
+        let queue = queue(3, QueuePolicy::DropOldest);
+        assert_eq!(queue.push(&batch(&["1", "2"])), 0);
+        assert_eq!(queue.push(&batch(&["3", "4", "5"])), 2);
+        assert_eq!(queue.push(&batch(&["6"])), 1);
+        let mut receiver = FanoutReceiver::new(queue.clone());
+        assert_eq!(drain(&mut receiver), ["L3", "4", "5", "6"]);
+        assert_eq!(receiver.counts(), (3, 3, 0));
+    }
+
+    #[test]
+    fn drop_oldest_with_a_batch_larger_than_the_queue_keeps_its_newest() {
+        let queue = queue(2, QueuePolicy::DropOldest);
+        queue.push(&batch(&["1"]));
+        queue.push_reconnected(1);
+        assert_eq!(queue.push(&batch(&["2", "3", "4", "5"])), 3);
+        let mut receiver = FanoutReceiver::new(queue);
+        // "1" before the reconnect, "2" and "3" after it.
+        assert_eq!(drain(&mut receiver), ["L1", "R1", "L2", "4", "5"]);
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_oldest_and_marks_the_gap_after_them() {
+        let queue = queue(2, QueuePolicy::DropNewest);
+        assert_eq!(queue.push(&batch(&["1", "2", "3"])), 1);
+        assert_eq!(queue.push(&batch(&["4"])), 1);
+        let mut receiver = FanoutReceiver::new(queue.clone());
+        assert_eq!(drain(&mut receiver), ["1", "2", "L2"]);
+        queue.push(&batch(&["5"]));
+        assert_eq!(drain(&mut receiver), ["5"]);
+        assert_eq!(receiver.counts(), (3, 2, 0));
+    }
+
+    #[test]
+    fn batches_and_single_notifications_read_the_same_queue_in_order() {
+        let queue = queue(8, QueuePolicy::DropOldest);
+        queue.push(&batch(&["1", "2", "3"]));
+        queue.push_reconnected(1);
+        queue.push_reconnected(2);
+        queue.push(&batch(&["4"]));
+        let mut receiver = FanoutReceiver::new(queue);
+        let mut seen = Vec::new();
+        let first = receiver.try_next().unwrap().unwrap().unwrap();
+        seen.push(describe(first));
+        assert_eq!(receiver.counts(), (1, 0, 3), "taken, not returned: queued");
+        while let Some(Some(Ok(event))) = receiver.next_batch(None) {
+            seen.push(match event {
+                ListenerEvent::Notification(batch) => {
+                    batch.iter().map(|n| n.payload.as_str()).collect()
+                }
+                ListenerEvent::Reconnected { generation } => format!("R{generation}"),
+                ListenerEvent::Lagged { dropped } => format!("L{dropped}"),
+            });
+        }
+        assert_eq!(seen, ["1", "23", "R2", "4"]);
+        assert_eq!(receiver.counts(), (4, 0, 0));
+    }
+
+    #[test]
+    fn the_end_comes_after_the_queue_with_the_error_once() {
+        let queue = queue(4, QueuePolicy::DropOldest);
+        queue.push(&batch(&["last"]));
+        queue.finish(Some(OrmError::closed("test")));
+        let mut receiver = FanoutReceiver::new(queue);
+        assert!(matches!(
+            receiver.try_next(),
+            Some(Some(Ok(ListenerEvent::Notification(_))))
+        ));
+        assert!(matches!(
+            receiver.try_next(),
+            Some(Some(Err(OrmError::Closed { .. })))
+        ));
+        assert!(matches!(receiver.try_next(), Some(None)));
+        assert!(receiver.try_next().is_some_and(|end| end.is_none()));
+    }
+
+    #[test]
+    fn an_open_empty_queue_has_nothing_yet() {
+        let queue = queue(4, QueuePolicy::DropOldest);
+        assert!(FanoutReceiver::new(queue).try_next().is_none());
+    }
+}
