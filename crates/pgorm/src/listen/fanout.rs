@@ -312,12 +312,9 @@ impl FanoutReceiver {
         }
     }
 
-    /// Makes sure `taken` has an item, taking from the queue if needed.
-    /// `None`: nothing queued yet; `Some(Some(end))`: the stream has ended.
+    /// Takes from the queue into the empty `taken`. `None`: nothing queued
+    /// yet; `Some(Some(end))`: the stream has ended.
     fn fill(&mut self, consumer: Option<&Waker>) -> Option<Option<Option<OrmError>>> {
-        if !self.taken.is_empty() {
-            return Some(None);
-        }
         match self.queue.take(&mut self.taken, consumer) {
             Taken::Some(notifications) => {
                 self.held += notifications;
@@ -329,33 +326,37 @@ impl FanoutReceiver {
     }
 
     /// The next notification or marker; `None` when nothing is queued now.
+    #[inline]
     fn next(
         &mut self,
         consumer: Option<&Waker>,
     ) -> Option<Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> {
-        if let Some(end) = self.fill(consumer)? {
-            return Some(end.map(Err));
+        loop {
+            let event = match self.taken.front_mut() {
+                Some(ListenerEvent::Notification(batch)) => {
+                    let notification = batch[0].clone();
+                    // In place: replacing the batch would count its run twice.
+                    batch.start += 1;
+                    if batch.is_empty() {
+                        self.taken.pop_front();
+                    }
+                    self.held -= 1;
+                    ListenerEvent::Notification(notification)
+                }
+                Some(_) => match self.taken.pop_front() {
+                    Some(ListenerEvent::Reconnected { generation }) => {
+                        ListenerEvent::Reconnected { generation }
+                    }
+                    Some(ListenerEvent::Lagged { dropped }) => ListenerEvent::Lagged { dropped },
+                    _ => unreachable!("a marker is at the front"),
+                },
+                None => match self.fill(consumer)? {
+                    Some(end) => return Some(end.map(Err)),
+                    None => continue,
+                },
+            };
+            return Some(Some(Ok(event)));
         }
-        let event = match self.taken.front_mut() {
-            Some(ListenerEvent::Notification(batch)) => {
-                let notification = batch[0].clone();
-                // In place: replacing the batch would count its run twice.
-                batch.start += 1;
-                if batch.is_empty() {
-                    self.taken.pop_front();
-                }
-                self.held -= 1;
-                ListenerEvent::Notification(notification)
-            }
-            _ => match self.taken.pop_front() {
-                Some(ListenerEvent::Reconnected { generation }) => {
-                    ListenerEvent::Reconnected { generation }
-                }
-                Some(ListenerEvent::Lagged { dropped }) => ListenerEvent::Lagged { dropped },
-                _ => unreachable!("fill left an item"),
-            },
-        };
-        Some(Some(Ok(event)))
     }
 
     /// The next batch (what is left of it) or marker; `None` when nothing
@@ -364,8 +365,10 @@ impl FanoutReceiver {
         &mut self,
         consumer: Option<&Waker>,
     ) -> Option<Option<OrmResult<ListenerEvent<NotificationBatch>>>> {
-        if let Some(end) = self.fill(consumer)? {
-            return Some(end.map(Err));
+        if self.taken.is_empty() {
+            if let Some(end) = self.fill(consumer)? {
+                return Some(end.map(Err));
+            }
         }
         let event = self.taken.pop_front()?;
         if let ListenerEvent::Notification(batch) = &event {
