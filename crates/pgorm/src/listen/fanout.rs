@@ -29,15 +29,20 @@ use crate::listen::queue::{register, End, QueueCounters, Taken, TAKE_AT_ONCE};
 /// [`Subscription::next_batch`]: crate::listen::Subscription::next_batch
 #[derive(Clone)]
 pub struct NotificationBatch {
-    run: Arc<[Arc<PgNotification>]>,
+    // A `Vec`, not a slice: the router's vector becomes the run as it is.
+    run: Arc<Vec<Arc<PgNotification>>>,
     start: usize,
     end: usize,
 }
 
 impl NotificationBatch {
-    pub(crate) fn new(run: Arc<[Arc<PgNotification>]>) -> Self {
+    pub(crate) fn new(run: Vec<Arc<PgNotification>>) -> Self {
         let end = run.len();
-        NotificationBatch { run, start: 0, end }
+        NotificationBatch {
+            run: Arc::new(run),
+            start: 0,
+            end,
+        }
     }
 
     /// The first `len` notifications.
@@ -429,7 +434,7 @@ mod tests {
                 })
             })
             .collect();
-        NotificationBatch::new(run.into())
+        NotificationBatch::new(run)
     }
 
     fn queue(capacity: usize, policy: QueuePolicy) -> Arc<FanoutQueue> {

@@ -429,7 +429,7 @@ impl Router {
             return;
         };
         route.received += notifications.len() as u64;
-        let batch = NotificationBatch::new(notifications.into());
+        let batch = NotificationBatch::new(notifications);
         for (_, queue) in &route.subscribers {
             let dropped = queue.push(&batch);
             if dropped > 0 {
@@ -451,6 +451,7 @@ impl Sink for Router {
                 self.deliver(routes, &channel, notifications);
             }
         };
+        let total = batch.len();
         for event in batch.drain(..) {
             match event {
                 ListenerEvent::Notification(notification) => {
@@ -461,7 +462,11 @@ impl Sink for Router {
                         Some((_, group)) => group.push(Arc::new(notification)),
                         None => {
                             let channel = notification.channel.clone();
-                            groups.push((channel, vec![Arc::new(notification)]));
+                            // Most batches are of one channel: room for all.
+                            let room = if groups.is_empty() { total } else { 1 };
+                            let mut group = Vec::with_capacity(room);
+                            group.push(Arc::new(notification));
+                            groups.push((channel, group));
                         }
                     }
                 }
