@@ -1,6 +1,7 @@
 //! Cache invalidation driven by a trigger: the database announces every
 //! change to `users` with `pg_notify`, and a hub subscription evicts the
-//! cached row. A gap marker (reconnect or drop) clears the whole cache.
+//! cached rows, a batch at a time. A gap marker (reconnect or drop) clears
+//! the whole cache.
 //!
 //! Run it with `cargo run --example cache_invalidation`.
 
@@ -49,14 +50,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .execute("DELETE FROM users WHERE id = 2", &[])
         .await?;
 
+    // Whole batches: every change that arrived together, evicted in one go
+    // (one subscription here, but a batch costs the same with hundreds).
     while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(300), changes.next_event()).await
+        tokio::time::timeout(Duration::from_millis(300), changes.next_batch()).await
     {
         match event? {
-            ListenerEvent::Notification(notification) => {
-                let id: i32 = notification.payload.parse()?;
-                cache.remove(&id);
-                println!("evicted user {id}");
+            ListenerEvent::Notification(batch) => {
+                for notification in batch.iter() {
+                    let id: i32 = notification.payload.parse()?;
+                    cache.remove(&id);
+                    println!("evicted user {id}");
+                }
             }
             ListenerEvent::Reconnected { .. } | ListenerEvent::Lagged { .. } => {
                 println!("missed changes: clearing the cache");
