@@ -27,7 +27,9 @@ pub struct PgNotification {
 /// `N` is how the notification is held: owned for a
 /// [`PgListener`](crate::listen::PgListener), shared (`Arc<PgNotification>`)
 /// for a hub [`Subscription`](crate::listen::Subscription), whose
-/// subscribers all receive the same notification without copying it.
+/// subscribers all receive the same notification without copying it, and a
+/// [`NotificationBatch`](crate::listen::NotificationBatch) of them from
+/// [`Subscription::next_batch`](crate::listen::Subscription::next_batch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ListenerEvent<N = PgNotification> {
