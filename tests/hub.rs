@@ -21,6 +21,16 @@ async fn hub() -> PgNotifyHub {
         .expect("hub")
 }
 
+/// A hub whose backend is found by `name` and that reconnects quickly.
+async fn named_hub(name: &str) -> PgNotifyHub {
+    let config = PgListenerConfig::new()
+        .application_name(name)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200));
+    PgNotifyHub::connect_with(&TestServer::shared().url(), config)
+        .await
+        .expect("hub")
+}
+
 async fn client() -> PgClient {
     PgClient::connect(&TestServer::shared().url())
         .await
@@ -244,12 +254,7 @@ async fn the_first_subscription_listens_and_dropping_the_last_unlistens() {
 async fn subscribers_keep_receiving_across_a_backend_kill_with_the_marker_in_order() {
     let channel = unique("hub_kill");
     let name = unique("hub_app");
-    let config = PgListenerConfig::new()
-        .application_name(&name)
-        .backoff(Duration::from_millis(20), Duration::from_millis(200));
-    let hub = PgNotifyHub::connect_with(&TestServer::shared().url(), config)
-        .await
-        .unwrap();
+    let hub = named_hub(&name).await;
     let mut reconnects = hub.reconnects();
     let mut subscriptions = vec![
         hub.subscribe(&channel).await.unwrap(),
@@ -306,12 +311,7 @@ async fn read_batches(subscription: &mut Subscription, count: usize) -> Vec<Stri
 async fn batches_carry_every_notification_in_order_with_gaps_and_reconnects_between() {
     let channel = unique("batches");
     let name = unique("batch_app");
-    let config = PgListenerConfig::new()
-        .application_name(&name)
-        .backoff(Duration::from_millis(20), Duration::from_millis(200));
-    let hub = PgNotifyHub::connect_with(&TestServer::shared().url(), config)
-        .await
-        .unwrap();
+    let hub = named_hub(&name).await;
     let mut batches = hub.subscribe(&channel).await.unwrap();
     let mut singles = hub.subscribe(&channel).await.unwrap();
     let mut small = hub

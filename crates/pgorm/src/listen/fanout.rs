@@ -15,7 +15,9 @@ use std::task::{Context, Poll, Waker};
 use crate::error::{OrmError, OrmResult};
 use crate::listen::config::QueuePolicy;
 use crate::listen::event::{ListenerEvent, PgNotification};
-use crate::listen::queue::{register, End, QueueCounters, Taken, TAKE_AT_ONCE};
+use crate::listen::queue::{
+    first_notification, mark_gap, Consumer, QueueCounters, Taken, TAKE_AT_ONCE,
+};
 
 /// Consecutive notifications of one channel, with no gap between them,
 /// shared with every other subscriber of the channel: reading a batch copies
@@ -94,8 +96,7 @@ struct State {
     queued: usize,
     capacity: usize,
     policy: QueuePolicy,
-    consumer: Option<Waker>,
-    end: End,
+    consumer: Consumer,
 }
 
 impl FanoutQueue {
@@ -108,8 +109,7 @@ impl FanoutQueue {
                 queued: 0,
                 capacity,
                 policy,
-                consumer: None,
-                end: End::Open,
+                consumer: Consumer::new(),
             }),
             counters,
         }
@@ -146,22 +146,14 @@ impl FanoutQueue {
     /// any), then `None`.
     pub(crate) fn finish(&self, error: Option<OrmError>) {
         let mut state = self.lock();
-        if matches!(state.end, End::Open) {
-            state.end = End::Finished(error);
-        }
+        state.consumer.finish(error);
         self.after_push(state, 0);
     }
 
     fn after_push(&self, mut state: std::sync::MutexGuard<'_, State>, dropped: u64) -> u64 {
-        let consumer = state.consumer.take();
+        let consumer = state.consumer.take_waker();
         drop(state);
-        if dropped > 0 {
-            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-        }
-        if let Some(consumer) = consumer {
-            consumer.wake();
-        }
-        dropped
+        self.counters.pushed(consumer, dropped)
     }
 
     /// Moves items into the consumer's buffer under one lock, until about
@@ -170,17 +162,7 @@ impl FanoutQueue {
     fn take(&self, into: &mut VecDeque<Item>, consumer: Option<&Waker>) -> Taken {
         let mut state = self.lock();
         if state.items.is_empty() {
-            return match std::mem::replace(&mut state.end, End::Drained) {
-                End::Open => {
-                    state.end = End::Open;
-                    if let Some(waker) = consumer {
-                        register(&mut state.consumer, waker);
-                    }
-                    Taken::Nothing
-                }
-                End::Finished(error) => Taken::End(error),
-                End::Drained => Taken::End(None),
-            };
+            return state.consumer.found_empty(consumer);
         }
         let mut moved = 0;
         while moved < TAKE_AT_ONCE {
@@ -203,11 +185,7 @@ impl FanoutQueue {
     /// (delivered, dropped, queued).
     fn counts(&self) -> (u64, u64, usize) {
         let queued = self.lock().queued;
-        (
-            self.counters.delivered.load(Ordering::Relaxed),
-            self.counters.dropped.load(Ordering::Relaxed),
-            queued,
-        )
+        self.counters.with_queued(queued)
     }
 }
 
@@ -268,11 +246,7 @@ impl State {
     /// is (after any marker queued before it).
     fn drop_oldest(&mut self, mut count: usize) {
         while count > 0 {
-            let Some(index) = self
-                .items
-                .iter()
-                .position(|item| matches!(item, ListenerEvent::Notification(_)))
-            else {
+            let Some(index) = first_notification(&self.items) else {
                 return;
             };
             let ListenerEvent::Notification(batch) = &mut self.items[index] else {
@@ -285,15 +259,7 @@ impl State {
             }
             count -= dropped;
             self.queued -= dropped;
-            match index.checked_sub(1).map(|before| &mut self.items[before]) {
-                Some(ListenerEvent::Lagged { dropped: before }) => *before += dropped as u64,
-                _ => self.items.insert(
-                    index,
-                    ListenerEvent::Lagged {
-                        dropped: dropped as u64,
-                    },
-                ),
-            }
+            mark_gap(&mut self.items, index, dropped as u64);
         }
     }
 }
@@ -516,29 +482,5 @@ mod tests {
         }
         assert_eq!(seen, ["1", "23", "R2", "4"]);
         assert_eq!(receiver.counts(), (4, 0, 0));
-    }
-
-    #[test]
-    fn the_end_comes_after_the_queue_with_the_error_once() {
-        let queue = queue(4, QueuePolicy::DropOldest);
-        queue.push(&batch(&["last"]));
-        queue.finish(Some(OrmError::closed("test")));
-        let mut receiver = FanoutReceiver::new(queue);
-        assert!(matches!(
-            receiver.try_next(),
-            Some(Some(Ok(ListenerEvent::Notification(_))))
-        ));
-        assert!(matches!(
-            receiver.try_next(),
-            Some(Some(Err(OrmError::Closed { .. })))
-        ));
-        assert!(matches!(receiver.try_next(), Some(None)));
-        assert!(receiver.try_next().is_some_and(|end| end.is_none()));
-    }
-
-    #[test]
-    fn an_open_empty_queue_has_nothing_yet() {
-        let queue = queue(4, QueuePolicy::DropOldest);
-        assert!(FanoutReceiver::new(queue).try_next().is_none());
     }
 }

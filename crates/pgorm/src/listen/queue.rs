@@ -20,6 +20,29 @@ pub(crate) struct QueueCounters {
     pub(crate) dropped: AtomicU64,
 }
 
+impl QueueCounters {
+    /// After a push, with the queue's lock released: counts what the policy
+    /// dropped and wakes the consumer. Returns `dropped`.
+    pub(super) fn pushed(&self, consumer: Option<Waker>, dropped: u64) -> u64 {
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if let Some(consumer) = consumer {
+            consumer.wake();
+        }
+        dropped
+    }
+
+    /// (delivered, dropped, `queued`).
+    pub(super) fn with_queued(&self, queued: usize) -> (u64, u64, usize) {
+        (
+            self.delivered.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+            queued,
+        )
+    }
+}
+
 /// How many items a consumer takes from the shared queue under one lock.
 /// Held by the consumer, they are beyond the queue's capacity: memory stays
 /// below capacity plus this.
@@ -135,12 +158,18 @@ struct QueueState {
     /// `BlockProducer` timed out and drops the oldest until the consumer has
     /// drained half the queue.
     overflowing: bool,
-    consumer: Option<Waker>,
+    consumer: Consumer,
     producer: Option<Waker>,
+}
+
+/// A queue's hold on its consumer: the task to wake, and how the stream
+/// ends.
+pub(super) struct Consumer {
+    waker: Option<Waker>,
     end: End,
 }
 
-pub(super) enum End {
+enum End {
     Open,
     /// The producer is done; after the queued events the consumer gets this
     /// error (if any), then the end of the stream.
@@ -149,9 +178,47 @@ pub(super) enum End {
     Drained,
 }
 
+impl Consumer {
+    pub(super) fn new() -> Self {
+        Consumer {
+            waker: None,
+            end: End::Open,
+        }
+    }
+
+    /// The consumer's waker, to wake once the lock is released.
+    pub(super) fn take_waker(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
+
+    /// Ends the stream after what is queued, with `error` (if any).
+    pub(super) fn finish(&mut self, error: Option<OrmError>) {
+        if matches!(self.end, End::Open) {
+            self.end = End::Finished(error);
+        }
+    }
+
+    /// The consumer found the queue empty: while the stream is open,
+    /// registers `waker` (if given) and says nothing is queued yet; else the
+    /// end, with its error the first time.
+    pub(super) fn found_empty(&mut self, waker: Option<&Waker>) -> Taken {
+        match std::mem::replace(&mut self.end, End::Drained) {
+            End::Open => {
+                self.end = End::Open;
+                if let Some(waker) = waker {
+                    register(&mut self.waker, waker);
+                }
+                Taken::Nothing
+            }
+            End::Finished(error) => Taken::End(error),
+            End::Drained => Taken::End(None),
+        }
+    }
+}
+
 /// Whether `slot` already holds a waker that wakes the same task as `waker`;
 /// if not, stores a clone.
-pub(super) fn register(slot: &mut Option<Waker>, waker: &Waker) {
+fn register(slot: &mut Option<Waker>, waker: &Waker) {
     if !slot.as_ref().is_some_and(|held| held.will_wake(waker)) {
         *slot = Some(waker.clone());
     }
@@ -166,9 +233,8 @@ impl EventQueue {
                 capacity,
                 policy,
                 overflowing: false,
-                consumer: None,
+                consumer: Consumer::new(),
                 producer: None,
-                end: End::Open,
             }),
             counters,
         }
@@ -183,15 +249,9 @@ impl EventQueue {
     }
 
     fn after_push(&self, mut state: std::sync::MutexGuard<'_, QueueState>, dropped: u64) -> u64 {
-        let consumer = state.consumer.take();
+        let consumer = state.consumer.take_waker();
         drop(state);
-        if dropped > 0 {
-            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-        }
-        if let Some(consumer) = consumer {
-            consumer.wake();
-        }
-        dropped
+        self.counters.pushed(consumer, dropped)
     }
 
     /// `BlockProducer` waited too long: drop the oldest from now on, until
@@ -204,9 +264,7 @@ impl EventQueue {
     /// any), then `None`.
     pub(crate) fn finish(&self, error: Option<OrmError>) {
         let mut state = self.lock();
-        if matches!(state.end, End::Open) {
-            state.end = End::Finished(error);
-        }
+        state.consumer.finish(error);
         self.after_push(state, 0);
     }
 
@@ -216,17 +274,7 @@ impl EventQueue {
     fn take_batch(&self, into: &mut VecDeque<ListenerEvent>, consumer: Option<&Waker>) -> Taken {
         let mut state = self.lock();
         if state.items.is_empty() {
-            return match std::mem::replace(&mut state.end, End::Drained) {
-                End::Open => {
-                    state.end = End::Open;
-                    if let Some(waker) = consumer {
-                        register(&mut state.consumer, waker);
-                    }
-                    Taken::Nothing
-                }
-                End::Finished(error) => Taken::End(error),
-                End::Drained => Taken::End(None),
-            };
+            return state.consumer.found_empty(consumer);
         }
         let notifications;
         if state.items.len() <= TAKE_AT_ONCE && into.is_empty() {
@@ -263,11 +311,7 @@ impl EventQueue {
     /// (delivered, dropped, queued).
     pub(crate) fn counts(&self) -> (u64, u64, usize) {
         let queued = self.lock().queued;
-        (
-            self.counters.delivered.load(Ordering::Relaxed),
-            self.counters.dropped.load(Ordering::Relaxed),
-            queued,
-        )
+        self.counters.with_queued(queued)
     }
 
     /// Moves events from the front of `batch` into the queue, applying the
@@ -381,20 +425,27 @@ impl QueueState {
 
     /// Removes the oldest notification and records the gap where it was.
     fn drop_oldest(&mut self) {
-        let Some(index) = self
-            .items
-            .iter()
-            .position(|item| matches!(item, ListenerEvent::Notification(_)))
-        else {
+        let Some(index) = first_notification(&self.items) else {
             return;
         };
         self.items.remove(index);
-        match index.checked_sub(1).map(|before| &mut self.items[before]) {
-            Some(ListenerEvent::Lagged { dropped }) => *dropped += 1,
-            _ => self
-                .items
-                .insert(index, ListenerEvent::Lagged { dropped: 1 }),
-        }
+        mark_gap(&mut self.items, index, 1);
+    }
+}
+
+/// Where the oldest notification of `items` is.
+pub(super) fn first_notification<N>(items: &VecDeque<ListenerEvent<N>>) -> Option<usize> {
+    items
+        .iter()
+        .position(|item| matches!(item, ListenerEvent::Notification(_)))
+}
+
+/// Records `dropped` notifications missing just before `items[index]`:
+/// adds them to the `Lagged` marker there, or inserts one.
+pub(super) fn mark_gap<N>(items: &mut VecDeque<ListenerEvent<N>>, index: usize, dropped: u64) {
+    match index.checked_sub(1).map(|before| &mut items[before]) {
+        Some(ListenerEvent::Lagged { dropped: before }) => *before += dropped,
+        _ => items.insert(index, ListenerEvent::Lagged { dropped }),
     }
 }
 
