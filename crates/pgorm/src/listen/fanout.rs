@@ -26,7 +26,8 @@ use crate::listen::queue::{
 ///
 /// It dereferences to a slice, so `batch.len()`, `batch.iter()` and
 /// `batch[0].payload` read it in place. Holding a batch keeps the whole run
-/// it came from (at most one read from the connection) in memory.
+/// it came from (at most 256 notifications, what the hub read in one go) in
+/// memory.
 ///
 /// [`Subscription::next_batch`]: crate::listen::Subscription::next_batch
 #[derive(Clone)]
