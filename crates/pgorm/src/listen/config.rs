@@ -173,7 +173,7 @@ impl PgListenerConfig {
     /// drops and handler failures (default none).
     #[must_use]
     pub fn hooks(mut self, hooks: impl ListenerHooks) -> Self {
-        self.hooks = HookSlot(Some(std::sync::Arc::new(hooks)));
+        self.hooks = HookSlot::new(hooks);
         self
     }
 

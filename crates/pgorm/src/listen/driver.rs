@@ -21,7 +21,7 @@ use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::quote_identifier;
 use crate::listen::config::{Jitter, PgListenerConfig};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
-use crate::listen::queue::Pushed;
+use crate::listen::sink::{Pushed, Sink};
 use crate::listen::trace;
 
 /// How many notifications one wake-up reads before it hands them over and
@@ -30,21 +30,6 @@ const MAX_BATCH: usize = 256;
 
 /// How long closing may spend on `UNLISTEN` and the goodbye to the server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where the driver puts what it reads.
-pub(crate) trait Sink: Send + Sync + 'static {
-    /// Takes events from the front of `batch`, applying queue policies.
-    /// Returns [`Pushed::Blocked`] (leaving the rest in `batch`) when a
-    /// `BlockProducer` queue is full; `producer` is woken when there is room.
-    /// The second value is how many notifications were dropped.
-    fn push_batch(&self, batch: &mut VecDeque<ListenerEvent>, producer: &Waker) -> (Pushed, u64);
-
-    /// A block lasted longer than the block timeout: stop blocking.
-    fn fall_back_to_dropping(&self);
-
-    /// The driver has stopped; `error` says why, if it was not asked to.
-    fn finish(&self, error: Option<OrmError>);
-}
 
 /// A request from a front end.
 pub(crate) enum Command {
@@ -119,7 +104,6 @@ impl ChannelCommand {
 /// What the driver and its front end share.
 pub(crate) struct DriverShared {
     state: AtomicU8,
-    pub(crate) received: AtomicU64,
     pub(crate) reconnects: AtomicU64,
     /// The channels the listener should be listening to: kept across
     /// reconnects, changed at once by commands.
@@ -191,7 +175,6 @@ pub(crate) async fn start(
         .keepalives_retries(3);
     let shared = Arc::new(DriverShared {
         state: AtomicU8::new(ListenerState::Connecting.to_u8()),
-        received: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         channels: Mutex::new(config.channels.iter().cloned().collect()),
         sync_requested: AtomicBool::new(false),
@@ -428,7 +411,7 @@ impl Driver {
         // it over, dropping the oldest (counted and marked) if the queue is
         // still full.
         self.sink.fall_back_to_dropping();
-        let _ = self.sink.push_batch(&mut self.pending, Waker::noop());
+        self.push_pending(Waker::noop());
         self.sink.finish(error);
     }
 
@@ -511,7 +494,7 @@ impl Driver {
         let mut future = std::pin::pin!(future);
         std::future::poll_fn(|cx| {
             if !self.pending.is_empty() {
-                let _ = self.sink.push_batch(&mut self.pending, cx.waker());
+                self.push_pending(cx.waker());
             }
             loop {
                 match self.commands.poll_recv(cx) {
@@ -610,9 +593,6 @@ impl Driver {
         );
         let end = end.map(SessionEnd::Lost);
         if read > 0 {
-            self.shared
-                .received
-                .fetch_add(read as u64, Ordering::Relaxed);
             self.config.hooks.call(|hooks| {
                 let start = self.pending.len() - read;
                 for event in self.pending.range(start..) {
@@ -633,6 +613,26 @@ impl Driver {
         }
     }
 
+    /// Hands pending events to the sink, then tells the hooks what its
+    /// policies dropped (with no lock held).
+    fn push_pending(&mut self, producer: &Waker) -> Pushed {
+        let mut drops = Vec::new();
+        let pushed = self
+            .sink
+            .push_batch(&mut self.pending, producer, &mut drops);
+        for dropped in drops {
+            trace!(
+                warn,
+                "listener queue full: dropped {} notifications",
+                dropped.count
+            );
+            self.config
+                .hooks
+                .call(|hooks| hooks.on_drop(dropped.channel.as_deref(), dropped.count));
+        }
+        pushed
+    }
+
     /// Hands pending events to the sink. Returns `false` while a
     /// `BlockProducer` queue refuses them, handling the block timeout.
     fn flush_pending(&mut self, cx: &mut Context<'_>) -> bool {
@@ -640,11 +640,7 @@ impl Driver {
             return true;
         }
         loop {
-            let (pushed, dropped) = self.sink.push_batch(&mut self.pending, cx.waker());
-            if dropped > 0 {
-                trace!(warn, "listener queue full: dropped {dropped} notifications");
-                self.config.hooks.call(|hooks| hooks.on_drop(None, dropped));
-            }
+            let pushed = self.push_pending(cx.waker());
             if pushed == Pushed::All {
                 self.blocked = None;
                 return true;

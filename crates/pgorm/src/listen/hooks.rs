@@ -1,18 +1,25 @@
 //! Observability hooks: [`ListenerHooks`], called by listeners and hubs at
 //! every event an operator may want to count or log.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::OrmError;
 use crate::listen::event::PgNotification;
+use crate::listen::trace;
 
 /// Callbacks for what happens to a listener or hub. Every method has a
 /// no-op default: implement the ones you need, and pass the value to
 /// [`PgListenerConfig::hooks`](crate::listen::PgListenerConfig::hooks).
 ///
 /// Hooks run on the listener's background task (handler hooks on the
-/// handler's dispatcher): keep them short and never block. With the
+/// handler's dispatcher): keep them short and never block. pgorm holds no
+/// lock of its own while it calls a hook, so a hook may call back into the
+/// listener or hub (`stats()`, subscribing, dropping a subscription). A
+/// hook that panics is contained: the panic is counted
+/// ([`ListenerStats::hook_panics`](crate::listen::ListenerStats::hook_panics)),
+/// logged with the `tracing` feature, and the listener goes on. With the
 /// `tracing` feature the same events are also logged.
 ///
 /// On a reconnect the order is: [`on_disconnect`](Self::on_disconnect),
@@ -63,24 +70,55 @@ pub trait ListenerHooks: Send + Sync + 'static {
     }
 }
 
-/// The optional hooks of a configuration; `Debug` says only whether there
-/// are some.
+/// The optional hooks of a configuration, and how many of their calls
+/// panicked. `Debug` says only whether there are some.
+///
+/// Every hook call goes through [`call`](Self::call): the one place where
+/// hook code runs, contained, so that a panicking hook is counted and
+/// logged instead of taking down the task that called it. Callers hold no
+/// pgorm lock while they call.
 #[derive(Clone, Default)]
-pub(crate) struct HookSlot(pub(crate) Option<Arc<dyn ListenerHooks>>);
+pub(crate) struct HookSlot {
+    hooks: Option<Arc<dyn ListenerHooks>>,
+    panics: Arc<AtomicU64>,
+}
 
 impl std::fmt::Debug for HookSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+        f.write_str(if self.hooks.is_some() { "Some(..)" } else { "None" })
     }
 }
 
 impl HookSlot {
-    /// Calls `event` on the hooks, if there are any.
-    pub(crate) fn call(&self, event: impl FnOnce(&dyn ListenerHooks)) {
-        if let Some(hooks) = &self.0 {
-            event(hooks.as_ref());
+    pub(crate) fn new(hooks: impl ListenerHooks) -> Self {
+        HookSlot {
+            hooks: Some(Arc::new(hooks)),
+            panics: Arc::default(),
         }
     }
+
+    /// Calls `event` on the hooks, if there are any. A panic is caught,
+    /// counted and logged.
+    pub(crate) fn call(&self, event: impl FnOnce(&dyn ListenerHooks)) {
+        if let Some(hooks) = &self.hooks {
+            if contain(|| event(hooks.as_ref())).is_none() {
+                self.panics.fetch_add(1, Ordering::Relaxed);
+                trace!(error, "a listener hook panicked; the panic was contained");
+            }
+        }
+    }
+
+    /// How many hook calls panicked.
+    pub(crate) fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs user code, catching a panic: `None` if it panicked. Nothing that
+/// user code can observe is left half-changed by pgorm across this call
+/// (callers hold no lock), so unwind safety is asserted.
+pub(crate) fn contain<R>(user_code: impl FnOnce() -> R) -> Option<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(user_code)).ok()
 }
 
 /// Shared hooks: keep an `Arc` to read what they recorded.

@@ -18,12 +18,13 @@ use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult, ValidationError};
 use crate::listen::channel::validate_channel;
 use crate::listen::config::{PgListenerConfig, QueuePolicy};
-use crate::listen::driver::{self, ChannelCommand, Command, DriverShared, Sink};
+use crate::listen::driver::{self, ChannelCommand, Command, DriverShared};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
 use crate::listen::fanout::{FanoutQueue, FanoutReceiver, NotificationBatch};
 use crate::listen::hooks::HookSlot;
 use crate::listen::listener::{server_channels, skip_markers};
-use crate::listen::queue::{Pushed, QueueCounters};
+use crate::listen::queue::QueueCounters;
+use crate::listen::sink::{Dropped, Pushed, Sink};
 use crate::pool::parse_url;
 use crate::tap::PlainConnector;
 use crate::PgClient;
@@ -175,6 +176,7 @@ impl PgNotifyHub {
         let target = describe_target(&pg_config);
         let router = Arc::new(Router {
             routes: Mutex::new(HashMap::new()),
+            received: AtomicU64::new(0),
             reconnects: watch::channel(0).0,
             unrouted: AtomicU64::new(0),
             finished: Mutex::new(None),
@@ -282,7 +284,7 @@ impl PgNotifyHub {
         drop(routes);
         channels.sort_by(|a, b| a.channel.cmp(&b.channel));
         HubStats {
-            received: self.inner.shared.received.load(Ordering::Relaxed),
+            received: self.inner.router.received.load(Ordering::Relaxed),
             unrouted: self.inner.router.unrouted.load(Ordering::Relaxed),
             reconnects: self.inner.shared.reconnects.load(Ordering::Relaxed),
             channels,
@@ -340,6 +342,8 @@ fn check_policy(policy: QueuePolicy) -> OrmResult<()> {
 /// The hub's [`Sink`]: channel name → subscriptions.
 struct Router {
     routes: Mutex<HashMap<String, Route>>,
+    /// Notifications taken from the driver (changed under the routes lock).
+    received: AtomicU64,
     reconnects: watch::Sender<u64>,
     unrouted: AtomicU64,
     /// Why the hub stopped, for subscriptions made after it did.
@@ -441,7 +445,12 @@ impl Router {
 }
 
 impl Sink for Router {
-    fn push_batch(&self, batch: &mut VecDeque<ListenerEvent>, _producer: &Waker) -> (Pushed, u64) {
+    fn push_batch(
+        &self,
+        batch: &mut VecDeque<ListenerEvent>,
+        _producer: &Waker,
+        _drops: &mut Vec<Dropped>,
+    ) -> Pushed {
         let mut routes = self.lock();
         // Notifications between markers, grouped by channel in arrival order.
         let mut groups: Vec<(String, Vec<Arc<PgNotification>>)> = Vec::new();
@@ -455,6 +464,7 @@ impl Sink for Router {
         for event in batch.drain(..) {
             match event {
                 ListenerEvent::Notification(notification) => {
+                    self.received.fetch_add(1, Ordering::Relaxed);
                     match groups
                         .iter_mut()
                         .find(|(channel, _)| *channel == notification.channel)
@@ -485,7 +495,7 @@ impl Sink for Router {
         }
         flush(&mut routes, &mut groups);
         // Drops are per subscription and reported by `deliver`.
-        (Pushed::All, 0)
+        Pushed::All
     }
 
     fn fall_back_to_dropping(&self) {}

@@ -124,11 +124,7 @@ impl PgListener {
         config: PgListenerConfig,
     ) -> OrmResult<PgListener> {
         let target = describe_target(&pg_config);
-        let queue = Arc::new(EventQueue::new(
-            config.queue_capacity,
-            config.queue_policy,
-            Arc::default(),
-        ));
+        let queue = Arc::new(EventQueue::new(config.queue_capacity, config.queue_policy));
         let handle = driver::start(connector, pg_config, config, queue.clone()).await?;
         Ok(PgListener {
             commands: handle.commands,
@@ -269,19 +265,16 @@ impl PgListener {
 
     /// Counters since the listener was created.
     pub fn stats(&self) -> ListenerStats {
-        let (delivered, dropped, queued) = self.receiver.counts();
+        let counts = self.receiver.counts();
         ListenerStats {
-            received: self
-                .shared
-                .received
-                .load(std::sync::atomic::Ordering::Relaxed),
-            delivered,
-            dropped,
+            received: counts.received,
+            delivered: counts.delivered,
+            dropped: counts.dropped,
             reconnects: self
                 .shared
                 .reconnects
                 .load(std::sync::atomic::Ordering::Relaxed),
-            queued,
+            queued: counts.queued,
         }
     }
 

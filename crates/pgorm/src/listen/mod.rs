@@ -59,6 +59,7 @@ mod hub;
 mod listener;
 mod publish;
 mod queue;
+mod sink;
 #[cfg(feature = "json")]
 mod typed;
 

@@ -9,8 +9,8 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{OrmError, OrmResult};
 use crate::listen::config::QueuePolicy;
-use crate::listen::driver::Sink;
 use crate::listen::event::ListenerEvent;
+use crate::listen::sink::{Dropped, Pushed, Sink};
 
 /// Counts kept outside the queue's lock, so that several queues (a hub
 /// channel's subscribers) can share one set.
@@ -122,30 +122,40 @@ impl Receiver {
         self.next(None)
     }
 
-    /// (delivered, dropped, queued), counting what this receiver holds as
+    /// The queue's counts, with what this receiver holds counted as
     /// queued, not delivered.
-    pub(crate) fn counts(&self) -> (u64, u64, usize) {
-        let (taken, dropped, queued) = self.queue.counts();
+    pub(crate) fn counts(&self) -> Counts {
+        let mut counts = self.queue.counts();
         let held = self.taken_notifications;
-        (taken - held as u64, dropped, queued + held)
+        counts.delivered -= held as u64;
+        counts.queued += held;
+        counts
+    }
+
+    /// The queue this receiver reads.
+    pub(crate) fn queue(&self) -> &Arc<EventQueue> {
+        &self.queue
     }
 }
 
-/// What [`EventQueue::push_batch`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pushed {
-    /// Every notification of the batch was queued or dropped by policy.
-    All,
-    /// `BlockProducer`: the queue is full; what is left of the batch stays
-    /// with the producer, which is woken when the consumer has made room.
-    Blocked,
+/// A queue's counters, read under its lock, so that `received == delivered
+/// + queued + dropped` holds for every snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Counts {
+    /// Notifications the queue took from the driver.
+    pub(crate) received: u64,
+    /// Taken by the consumer.
+    pub(crate) delivered: u64,
+    /// Dropped by the policy.
+    pub(crate) dropped: u64,
+    /// Waiting.
+    pub(crate) queued: usize,
 }
 
 /// The queue's items are the events themselves, from the driver to the
 /// consumer, so whole buffers can change hands.
 pub(crate) struct EventQueue {
     state: Mutex<QueueState>,
-    counters: Arc<QueueCounters>,
 }
 
 struct QueueState {
@@ -153,6 +163,9 @@ struct QueueState {
     /// How many of `items` are notifications (markers do not count against
     /// the capacity).
     queued: usize,
+    received: u64,
+    delivered: u64,
+    dropped: u64,
     capacity: usize,
     policy: QueuePolicy,
     /// `BlockProducer` timed out and drops the oldest until the consumer has
@@ -225,18 +238,20 @@ fn register(slot: &mut Option<Waker>, waker: &Waker) {
 }
 
 impl EventQueue {
-    pub(crate) fn new(capacity: usize, policy: QueuePolicy, counters: Arc<QueueCounters>) -> Self {
+    pub(crate) fn new(capacity: usize, policy: QueuePolicy) -> Self {
         EventQueue {
             state: Mutex::new(QueueState {
                 items: VecDeque::with_capacity(capacity.min(1024)),
                 queued: 0,
+                received: 0,
+                delivered: 0,
+                dropped: 0,
                 capacity,
                 policy,
                 overflowing: false,
                 consumer: Consumer::new(),
                 producer: None,
             }),
-            counters,
         }
     }
 
@@ -248,10 +263,13 @@ impl EventQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn after_push(&self, mut state: std::sync::MutexGuard<'_, QueueState>, dropped: u64) -> u64 {
+    /// Releases the lock, then wakes the consumer.
+    fn after_push(mut state: std::sync::MutexGuard<'_, QueueState>) {
         let consumer = state.consumer.take_waker();
         drop(state);
-        self.counters.pushed(consumer, dropped)
+        if let Some(consumer) = consumer {
+            consumer.wake();
+        }
     }
 
     /// `BlockProducer` waited too long: drop the oldest from now on, until
@@ -265,7 +283,7 @@ impl EventQueue {
     pub(crate) fn finish(&self, error: Option<OrmError>) {
         let mut state = self.lock();
         state.consumer.finish(error);
-        self.after_push(state, 0);
+        Self::after_push(state);
     }
 
     /// Moves up to [`TAKE_AT_ONCE`] items into the consumer's own buffer
@@ -291,6 +309,7 @@ impl EventQueue {
             notifications = moved;
         }
         state.queued -= notifications;
+        state.delivered += notifications as u64;
         let mut producer = None;
         if state.queued <= state.capacity / 2 {
             state.overflowing = false;
@@ -299,19 +318,21 @@ impl EventQueue {
             producer = state.producer.take();
         }
         drop(state);
-        self.counters
-            .delivered
-            .fetch_add(notifications as u64, Ordering::Relaxed);
         if let Some(producer) = producer {
             producer.wake();
         }
         Taken::Some(notifications)
     }
 
-    /// (delivered, dropped, queued).
-    pub(crate) fn counts(&self) -> (u64, u64, usize) {
-        let queued = self.lock().queued;
-        self.counters.with_queued(queued)
+    /// The counters, in one snapshot.
+    pub(crate) fn counts(&self) -> Counts {
+        let state = self.lock();
+        Counts {
+            received: state.received,
+            delivered: state.delivered,
+            dropped: state.dropped,
+            queued: state.queued,
+        }
     }
 
     /// Moves events from the front of `batch` into the queue, applying the
@@ -337,10 +358,13 @@ impl EventQueue {
             if notifications == batch.len() {
                 std::mem::swap(&mut state.items, batch);
                 state.queued = notifications;
-                return (Pushed::All, self.after_push(state, 0));
+                state.received += notifications as u64;
+                Self::after_push(state);
+                return (Pushed::All, 0);
             }
         }
         while let Some(item) = batch.pop_front() {
+            let notification = matches!(item, ListenerEvent::Notification(_));
             match state.offer(item, blocking) {
                 Offer::Queued => {}
                 Offer::QueuedWithDrop => dropped += 1,
@@ -351,14 +375,29 @@ impl EventQueue {
                     break;
                 }
             }
+            state.received += u64::from(notification);
         }
-        (pushed, self.after_push(state, dropped))
+        state.dropped += dropped;
+        Self::after_push(state);
+        (pushed, dropped)
     }
 }
 
 impl Sink for EventQueue {
-    fn push_batch(&self, batch: &mut VecDeque<ListenerEvent>, producer: &Waker) -> (Pushed, u64) {
-        EventQueue::push_batch(self, batch, producer)
+    fn push_batch(
+        &self,
+        batch: &mut VecDeque<ListenerEvent>,
+        producer: &Waker,
+        drops: &mut Vec<Dropped>,
+    ) -> Pushed {
+        let (pushed, dropped) = EventQueue::push_batch(self, batch, producer);
+        if dropped > 0 {
+            drops.push(Dropped {
+                channel: None,
+                count: dropped,
+            });
+        }
+        pushed
     }
 
     fn fall_back_to_dropping(&self) {
@@ -385,19 +424,8 @@ impl QueueState {
     fn offer(&mut self, item: ListenerEvent, blocking: bool) -> Offer {
         let notification = match item {
             ListenerEvent::Notification(notification) => notification,
-            ListenerEvent::Reconnected { generation } => {
-                // Consecutive reconnects with nothing between them merge: one
-                // resync covers both.
-                match self.items.back_mut() {
-                    Some(ListenerEvent::Reconnected { generation: last }) => *last = generation,
-                    _ => self
-                        .items
-                        .push_back(ListenerEvent::Reconnected { generation }),
-                }
-                return Offer::Queued;
-            }
             marker => {
-                self.items.push_back(marker);
+                push_marker(&mut self.items, marker);
                 return Offer::Queued;
             }
         };
@@ -411,10 +439,7 @@ impl QueueState {
             return Offer::Refused(ListenerEvent::Notification(notification));
         }
         if self.policy == QueuePolicy::DropNewest {
-            match self.items.back_mut() {
-                Some(ListenerEvent::Lagged { dropped }) => *dropped += 1,
-                _ => self.items.push_back(ListenerEvent::Lagged { dropped: 1 }),
-            }
+            push_marker(&mut self.items, ListenerEvent::Lagged { dropped: 1 });
         } else {
             self.drop_oldest();
             self.items
@@ -430,6 +455,7 @@ impl QueueState {
         };
         self.items.remove(index);
         mark_gap(&mut self.items, index, 1);
+        merge_markers_at_front(&mut self.items);
     }
 }
 
@@ -449,6 +475,60 @@ pub(super) fn mark_gap<N>(items: &mut VecDeque<ListenerEvent<N>>, index: usize, 
     }
 }
 
+/// Merges the markers before the first notification of `items`, as
+/// [`push_marker`] would have had they been pushed one after the other.
+/// Dropping the oldest notification joins the markers on either side of it;
+/// merging keeps them bounded.
+pub(super) fn merge_markers_at_front<N>(items: &mut VecDeque<ListenerEvent<N>>) {
+    let run = first_notification(items).unwrap_or(items.len());
+    // A run that push_marker built has at most three markers.
+    if run <= 3 {
+        return;
+    }
+    let mut merged = VecDeque::with_capacity(3);
+    for marker in items.drain(..run) {
+        push_marker(&mut merged, marker);
+    }
+    for marker in merged.into_iter().rev() {
+        items.push_front(marker);
+    }
+}
+
+/// Appends a marker after the last notification of `items`, merged with the
+/// markers already there, so that markers stay bounded however often the
+/// connection flaps while the consumer is stuck: between two notifications
+/// there are at most a `Lagged` (drops before the newest reconnect), a
+/// `Reconnected` (the newest) and a `Lagged` (drops after it). A consumer
+/// resyncs at a `Reconnected` anyway, so the reconnects and drops before it
+/// need no markers of their own; the dropped counts add up.
+pub(super) fn push_marker<N>(items: &mut VecDeque<ListenerEvent<N>>, marker: ListenerEvent<N>) {
+    match marker {
+        ListenerEvent::Lagged { dropped } => match items.back_mut() {
+            Some(ListenerEvent::Lagged { dropped: last }) => *last += dropped,
+            _ => items.push_back(ListenerEvent::Lagged { dropped }),
+        },
+        ListenerEvent::Reconnected { generation } => {
+            let mut before = 0;
+            if let Some(ListenerEvent::Lagged { dropped }) = items.back() {
+                before = *dropped;
+                items.pop_back();
+            }
+            if let Some(ListenerEvent::Reconnected { .. }) = items.back() {
+                items.pop_back();
+                if let Some(ListenerEvent::Lagged { dropped }) = items.back_mut() {
+                    *dropped += before;
+                    before = 0;
+                }
+            }
+            if before > 0 {
+                items.push_back(ListenerEvent::Lagged { dropped: before });
+            }
+            items.push_back(ListenerEvent::Reconnected { generation });
+        }
+        notification => items.push_back(notification),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,7 +545,18 @@ mod tests {
     }
 
     fn queue(capacity: usize, policy: QueuePolicy) -> Arc<EventQueue> {
-        Arc::new(EventQueue::new(capacity, policy, Arc::default()))
+        Arc::new(EventQueue::new(capacity, policy))
+    }
+
+    /// (delivered, dropped, queued), after checking that they add up to
+    /// what was received.
+    fn triple(counts: Counts) -> (u64, u64, usize) {
+        assert_eq!(
+            counts.received,
+            counts.delivered + counts.dropped + counts.queued as u64,
+            "{counts:?}"
+        );
+        (counts.delivered, counts.dropped, counts.queued)
     }
 
     fn batch(payloads: &[&str]) -> VecDeque<ListenerEvent> {
@@ -495,7 +586,7 @@ mod tests {
         assert_eq!((pushed, dropped), (Pushed::All, 2));
         queue.push_batch(&mut batch(&["6"]), Waker::noop());
         assert_eq!(drain(&queue), ["L3", "4", "5", "6"]);
-        assert_eq!(queue.counts(), (3, 3, 0));
+        assert_eq!(triple(queue.counts()), (3, 3, 0));
     }
 
     #[test]
@@ -505,7 +596,7 @@ mod tests {
         assert_eq!(drain(&queue), ["1", "2", "L2"]);
         queue.push_batch(&mut batch(&["5"]), Waker::noop());
         assert_eq!(drain(&queue), ["5"]);
-        assert_eq!(queue.counts(), (3, 2, 0));
+        assert_eq!(triple(queue.counts()), (3, 2, 0));
     }
 
     #[test]
@@ -536,7 +627,7 @@ mod tests {
             "room was made: producer woken"
         );
         assert_eq!(
-            receiver.counts(),
+            triple(receiver.counts()),
             (1, 0, 3),
             "taken but not returned counts as queued"
         );
@@ -546,7 +637,7 @@ mod tests {
             seen.push(n.payload);
         }
         assert_eq!(seen, ["2", "3", "4", "5", "6"]);
-        assert_eq!(receiver.counts(), (6, 0, 0));
+        assert_eq!(triple(receiver.counts()), (6, 0, 0));
     }
 
     #[test]
@@ -591,6 +682,36 @@ mod tests {
         ));
         assert!(matches!(queue.try_next(), Some(None)));
         assert!(matches!(queue.try_next(), Some(None)));
+    }
+
+    #[test]
+    fn markers_stay_bounded_when_the_connection_flaps_while_the_consumer_is_stuck() {
+        let queue = queue(2, QueuePolicy::DropOldest);
+        queue.push_batch(&mut batch(&["1", "2"]), Waker::noop());
+        for generation in 1..=1000 {
+            let mut events: VecDeque<_> = [ListenerEvent::Reconnected { generation }].into();
+            events.extend(batch(&["x", "y"]));
+            queue.push_batch(&mut events, Waker::noop());
+        }
+        assert!(queue.lock().items.len() <= 2 * 3 + 2, "markers merge");
+        assert_eq!(drain(&queue), ["L2000", "R1000", "x", "y"]);
+        assert_eq!(triple(queue.counts()), (2, 2000, 0));
+    }
+
+    #[test]
+    fn merged_markers_keep_a_gap_after_the_newest_reconnect_after_it() {
+        let mut items: VecDeque<ListenerEvent> = VecDeque::new();
+        let lagged = |dropped| ListenerEvent::Lagged { dropped };
+        let reconnected = |generation| ListenerEvent::Reconnected { generation };
+        push_marker(&mut items, lagged(1));
+        push_marker(&mut items, reconnected(1));
+        push_marker(&mut items, lagged(2));
+        assert_eq!(items, [lagged(1), reconnected(1), lagged(2)]);
+        push_marker(&mut items, reconnected(2));
+        assert_eq!(items, [lagged(3), reconnected(2)]);
+        push_marker(&mut items, lagged(4));
+        push_marker(&mut items, lagged(1));
+        assert_eq!(items, [lagged(3), reconnected(2), lagged(5)]);
     }
 
     #[test]
