@@ -120,6 +120,17 @@ pub enum OrmError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A callback of the application's (a listener's `on_connect`) returned
+    /// an error or panicked.
+    #[error("the {callback} callback failed: {source}")]
+    Callback {
+        /// Which callback, e.g. `"on_connect"`.
+        callback: &'static str,
+        /// Its error (for a panic, a description of it).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The handle was closed (by `close()`, or because the task behind it
     /// stopped); nothing more will come from it.
     #[error("closed: {reason}")]

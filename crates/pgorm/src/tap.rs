@@ -48,12 +48,12 @@ impl NotificationTap {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Hands every lifted notification to `each`, in arrival order, and
-    /// returns how many there were.
-    pub(crate) fn drain(&self, each: impl FnMut(TappedNotification)) -> usize {
+    /// Hands up to `limit` lifted notifications to `each`, in arrival
+    /// order, and returns how many there were.
+    pub(crate) fn drain(&self, limit: usize, each: impl FnMut(TappedNotification)) -> usize {
         let mut lifted = self.lock();
-        let count = lifted.len();
-        lifted.drain(..).for_each(each);
+        let count = lifted.len().min(limit);
+        lifted.drain(..count).for_each(each);
         count
     }
 }
@@ -417,7 +417,9 @@ mod tests {
         let mut passed = Vec::new();
         stream.read_to_end(&mut passed).await.unwrap();
         let mut lifted = Vec::new();
-        tap.drain(|n| lifted.push((n.process_id, n.channel, n.payload)));
+        tap.drain(usize::MAX, |n| {
+            lifted.push((n.process_id, n.channel, n.payload))
+        });
         (passed, lifted)
     }
 

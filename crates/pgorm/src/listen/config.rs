@@ -1,6 +1,9 @@
 //! Listener settings ([`PgListenerConfig`], [`QueuePolicy`]) and the
 //! reconnect backoff they describe.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{OrmResult, ValidationError};
@@ -46,9 +49,79 @@ pub struct PgListenerConfig {
     pub(crate) max_reconnect_attempts: Option<u32>,
     pub(crate) health_interval: Duration,
     pub(crate) health_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) application_name: String,
+    /// Set explicitly; else the URL's, else [`DEFAULT_CONNECT_TIMEOUT`].
+    pub(crate) connect_timeout: Option<Duration>,
+    /// Set explicitly; else the URL's, else `"pgorm-listener"`.
+    pub(crate) application_name: Option<String>,
+    pub(crate) retry_first_connect: bool,
+    pub(crate) on_connect: Option<OnConnect>,
     pub(crate) hooks: HookSlot,
+}
+
+/// How long opening a connection may take when neither the configuration
+/// nor the URL (`connect_timeout`) says.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The application name of a listener's session when neither the
+/// configuration nor the URL (`application_name`) says.
+pub const DEFAULT_APPLICATION_NAME: &str = "pgorm-listener";
+
+/// The error a callback returns.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A stored `on_connect` callback; `Debug` does not show it.
+#[derive(Clone)]
+pub(crate) struct OnConnect(
+    pub(crate)  Arc<
+        dyn Fn(ListenerSession) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for OnConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnConnect(..)")
+    }
+}
+
+/// What an [`on_connect`](PgListenerConfig::on_connect) callback gets: the
+/// listener's new session, already listening to every channel, before any of
+/// its notifications is handed out.
+///
+/// [`client`](Self::client) queries on the listener's own connection (for
+/// instance, to load what changed while it was away). Drop the value when
+/// the callback is done: the connection cannot close while it is held.
+pub struct ListenerSession {
+    client: Arc<tokio_postgres::Client>,
+    generation: u64,
+}
+
+impl std::fmt::Debug for ListenerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSession")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerSession {
+    pub(crate) fn new(client: Arc<tokio_postgres::Client>, generation: u64) -> Self {
+        ListenerSession { client, generation }
+    }
+
+    /// A client on the listener's own connection. Statements on it run
+    /// between the session's `LISTEN`s and its first notification.
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    /// 0 for the first session; then the reconnect generation that this
+    /// session's [`Reconnected`](crate::listen::ListenerEvent::Reconnected)
+    /// marker will carry.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 /// The default queue capacity: enough for what one large transaction
@@ -68,8 +141,10 @@ impl Default for PgListenerConfig {
             max_reconnect_attempts: None,
             health_interval: Duration::from_secs(10),
             health_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(10),
-            application_name: "pgorm-listener".to_string(),
+            connect_timeout: None,
+            application_name: None,
+            retry_first_connect: false,
+            on_connect: None,
             hooks: HookSlot::default(),
         }
     }
@@ -154,18 +229,85 @@ impl PgListenerConfig {
         self
     }
 
-    /// How long opening a connection may take (default 10 s).
+    /// How long opening a connection (connect, log in, `LISTEN` to every
+    /// channel) may take, and separately how long the
+    /// [`on_connect`](Self::on_connect) callback may run. Default: the URL's
+    /// `connect_timeout` if it has one, else [`DEFAULT_CONNECT_TIMEOUT`]
+    /// (10 s); set here, it overrides the URL's.
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = Some(timeout);
         self
     }
 
     /// The `application_name` the listener's session shows in
-    /// `pg_stat_activity` (default `"pgorm-listener"`).
+    /// `pg_stat_activity`. Default: the URL's `application_name` if it has
+    /// one, else [`DEFAULT_APPLICATION_NAME`] (`"pgorm-listener"`); set here,
+    /// it overrides the URL's.
     #[must_use]
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = name.into();
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// Whether a failed first connect is retried with the reconnect backoff
+    /// (and [`max_reconnect_attempts`](Self::max_reconnect_attempts)) instead
+    /// of failing at once (default `false`: a wrong URL or password fails
+    /// `connect` straight away). Every error is retried, a refused login
+    /// included; `connect` returns once a session is up, or with
+    /// [`OrmError::Disconnected`](crate::OrmError::Disconnected) when the
+    /// attempts run out.
+    #[must_use]
+    pub fn retry_first_connect(mut self, retry: bool) -> Self {
+        self.retry_first_connect = retry;
+        self
+    }
+
+    /// An async callback that runs on every session of the listener (or
+    /// hub), the first included: after every channel is listened to and
+    /// before any notification of that session is handed out, with a client
+    /// on the listener's own connection. The one place to (re)load state that
+    /// notifications keep current: nothing committed after the callback's
+    /// snapshot can be missed, since the session was already listening.
+    ///
+    /// It must finish within the [`connect_timeout`](Self::connect_timeout).
+    /// An error, a panic or the timeout fails the session like a failed
+    /// connect: the first `connect` returns
+    /// [`OrmError::Callback`](crate::OrmError::Callback) (or
+    /// [`OrmError::Timeout`](crate::OrmError::Timeout)), and a reconnect
+    /// tries again after the backoff. Notifications that arrive while it runs
+    /// are kept and handed out after it (and after the session's
+    /// `Reconnected` marker).
+    ///
+    /// ```
+    /// use pgorm::listen::{ListenerSession, PgListener, PgListenerConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> pgorm::OrmResult<()> {
+    /// # let database_url = pgorm_testkit::TestServer::shared().url();
+    /// let config = PgListenerConfig::new()
+    ///     .channels(["prices"])
+    ///     .on_connect(|session: ListenerSession| async move {
+    ///         let row = session.client().query_one("SELECT 42", &[]).await?;
+    ///         let answer: i32 = row.get(0);
+    ///         println!("session {}: reloaded {answer} prices", session.generation());
+    ///         Ok::<_, tokio_postgres::Error>(())
+    ///     });
+    /// let listener = PgListener::connect_with(&database_url, config).await?;
+    /// # listener.close().await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn on_connect<F, Fut, E>(mut self, callback: F) -> Self
+    where
+        F: Fn(ListenerSession) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.on_connect = Some(OnConnect(Arc::new(move |session| {
+            let call = callback(session);
+            Box::pin(async move { call.await.map_err(Into::into) })
+        })));
         self
     }
 
@@ -197,7 +339,10 @@ impl PgListenerConfig {
         if self.health_interval.is_zero() || self.health_timeout.is_zero() {
             return setting("health_check", "interval and timeout must be above zero");
         }
-        if self.connect_timeout.is_zero() {
+        if self
+            .connect_timeout
+            .is_some_and(|timeout| timeout.is_zero())
+        {
             return setting("connect_timeout", "must be above zero");
         }
         if self.block_timeout.is_zero() {

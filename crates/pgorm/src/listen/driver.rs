@@ -1,8 +1,12 @@
 //! The connection driver: one background task that owns a dedicated
 //! connection and does all its I/O. It serves commands (listen, unlisten,
-//! close), reads notifications in batches into a [`Sink`], runs the health
-//! check, and reconnects. Front ends (the listener, the hub) only talk to it
-//! through a command channel and the sink.
+//! close), reads notifications in batches into a [`Sink`], and reconnects.
+//! Front ends (the listener, the hub) only talk to it through a command
+//! channel and the sink. Opening a session is [`session`]'s job, the health
+//! check [`health`]'s.
+//!
+//! [`session`]: crate::listen::session
+//! [`health`]: crate::listen::health
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
@@ -10,17 +14,24 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, Sleep};
-use tokio_postgres::{AsyncMessage, Client, Config};
+use tokio::time::Sleep;
+use tokio_postgres::Config;
 
-use crate::connect::{Connector, RawConnection};
+use crate::connect::Connector;
 use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::quote_identifier;
-use crate::listen::config::{Jitter, PgListenerConfig};
-use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
+use crate::listen::config::{
+    Jitter, PgListenerConfig, DEFAULT_APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT,
+};
+use crate::listen::event::{ListenerEvent, ListenerState};
+use crate::listen::health::HealthCheck;
+use crate::listen::hooks::HookSlot;
+use crate::listen::session::{
+    open_session, read_notifications, Opened, Opening, OperationKind, Session,
+};
 use crate::listen::sink::{Pushed, Sink};
 use crate::listen::trace;
 
@@ -111,6 +122,9 @@ pub(crate) struct DriverShared {
     /// A [`Command::Sync`] could not be queued (the channel was full); the
     /// driver syncs after draining its commands.
     sync_requested: AtomicBool,
+    /// The driver task ended without stopping (it panicked or was
+    /// cancelled with its runtime).
+    ended_abnormally: AtomicBool,
 }
 
 impl DriverShared {
@@ -148,16 +162,70 @@ impl DriverShared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Why the driver is gone, for a `close()` that found it gone: an error
+    /// if it ended abnormally, `Ok` if it stopped as it should (closed, or
+    /// gave up reconnecting: the consumer was told why).
+    pub(crate) fn end_result(&self) -> OrmResult<()> {
+        if self.ended_abnormally.load(Ordering::Acquire) {
+            return Err(ended_abnormally());
+        }
+        Ok(())
+    }
+}
+
+/// The error of a driver task that ended without stopping.
+pub(crate) fn ended_abnormally() -> OrmError {
+    OrmError::closed(
+        "the listener's background task ended abnormally (it panicked or its runtime shut down)",
+    )
 }
 
 /// A started driver: the handle's half.
 pub(crate) struct DriverHandle {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) shared: Arc<DriverShared>,
+    pub(crate) hooks: HookSlot,
     pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
-/// Opens the first connection (its errors go to the caller), then runs the
+/// Applies the listener's defaults to the connection settings, where neither
+/// the configuration nor the URL says otherwise: a setting given in the URL
+/// stands unless the configuration sets it explicitly.
+fn apply_defaults(pg_config: &mut Config, config: &PgListenerConfig) {
+    match &config.application_name {
+        Some(name) => {
+            pg_config.application_name(name);
+        }
+        None if pg_config.get_application_name().is_none() => {
+            pg_config.application_name(DEFAULT_APPLICATION_NAME);
+        }
+        None => {}
+    }
+    match config.connect_timeout {
+        Some(timeout) => {
+            pg_config.connect_timeout(timeout);
+        }
+        None if pg_config.get_connect_timeout().is_none() => {
+            pg_config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        None => {}
+    }
+    // A listener sits idle for long stretches: probe sooner than the
+    // kernel's two hours, unless the URL tuned keepalives (or turned them
+    // off) itself.
+    let untuned = pg_config.get_keepalives_idle() == Config::new().get_keepalives_idle()
+        && pg_config.get_keepalives_interval().is_none()
+        && pg_config.get_keepalives_retries().is_none();
+    if pg_config.get_keepalives() && untuned {
+        pg_config
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+    }
+}
+
+/// Opens the first session (its errors go to the caller), then runs the
 /// driver in a background task.
 pub(crate) async fn start(
     connector: Arc<dyn Connector>,
@@ -166,23 +234,32 @@ pub(crate) async fn start(
     sink: Arc<dyn Sink>,
 ) -> OrmResult<DriverHandle> {
     config.validate()?;
-    pg_config
-        .application_name(&config.application_name)
-        .connect_timeout(config.connect_timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
-        .keepalives_interval(Duration::from_secs(5))
-        .keepalives_retries(3);
+    apply_defaults(&mut pg_config, &config);
     let shared = Arc::new(DriverShared {
         state: AtomicU8::new(ListenerState::Connecting.to_u8()),
         reconnects: AtomicU64::new(0),
         channels: Mutex::new(config.channels.iter().cloned().collect()),
         sync_requested: AtomicBool::new(false),
+        ended_abnormally: AtomicBool::new(false),
     });
     let (commands, receiver) = mpsc::channel(64);
+    let hooks = config.hooks.clone();
     let mut driver = Driver {
-        connector,
-        pg_config,
+        opening: Arc::new(Opening {
+            connector,
+            timeout: pg_config
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            pg_config,
+            shared: shared.clone(),
+            health_interval: config.health_interval,
+            on_connect: config.on_connect.clone(),
+        }),
+        health: HealthCheck {
+            interval: config.health_interval,
+            timeout: config.health_timeout,
+        },
         config,
         commands: receiver,
         shared: shared.clone(),
@@ -191,36 +268,30 @@ pub(crate) async fn start(
         blocked: None,
         jitter: Jitter::new(),
     };
-    let session = match driver.open_session().await {
-        Ok(Opened {
-            session, mut early, ..
-        }) => {
-            driver.pending.append(&mut early);
-            session
-        }
-        Err(error) => {
-            driver.shared.set_state(ListenerState::Closed);
-            return Err(error);
+    let session = match driver.connect(None).await {
+        Ok(session) => session,
+        Err(stop) => {
+            shared.set_state(ListenerState::Closed);
+            return Err(match stop {
+                Stop::GaveUp(error) => error,
+                // No handle exists yet to close or drop.
+                Stop::Close(_) | Stop::HandleDropped => OrmError::closed("closed while connecting"),
+            });
         }
     };
-    trace!(
-        info,
-        "listener connected to {}",
-        crate::connect::describe_target(&driver.pg_config)
-    );
-    driver.shared.set_state(ListenerState::Connected);
-    driver.config.hooks.call(|hooks| hooks.on_connect());
+    driver.hooks().call(|hooks| hooks.on_connect());
     let task = tokio::spawn(driver.run(session));
     Ok(DriverHandle {
         commands,
         shared,
+        hooks,
         task,
     })
 }
 
 struct Driver {
-    connector: Arc<dyn Connector>,
-    pg_config: Config,
+    opening: Arc<Opening>,
+    health: HealthCheck,
     config: PgListenerConfig,
     commands: mpsc::Receiver<Command>,
     shared: Arc<DriverShared>,
@@ -231,40 +302,6 @@ struct Driver {
     /// While the sink blocks: when the block times out.
     blocked: Option<Pin<Box<Sleep>>>,
     jitter: Jitter,
-}
-
-/// One connection and what is in flight on it.
-struct Session {
-    client: Arc<Client>,
-    connection: Box<dyn RawConnection>,
-    /// The channels this session has sent `LISTEN` for (and not `UNLISTEN`).
-    listening: BTreeSet<String>,
-    operations: Vec<Operation>,
-    health: Health,
-}
-
-/// A statement sent on behalf of a command or the health check.
-struct Operation {
-    future: Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>,
-    kind: OperationKind,
-}
-
-enum OperationKind {
-    /// A command; `channel` is the one it added, so a refusal can undo it.
-    Command {
-        reply: oneshot::Sender<OrmResult<()>>,
-        added: Option<String>,
-    },
-    Health,
-    /// The future answers its caller itself.
-    Answered,
-}
-
-enum Health {
-    /// Waiting for the next check.
-    Idle(Pin<Box<Sleep>>),
-    /// A check is in flight and must answer by this deadline.
-    Checking(Pin<Box<Sleep>>),
 }
 
 /// Why a connected session ended.
@@ -281,125 +318,84 @@ enum Stop {
     GaveUp(OrmError),
 }
 
-impl Session {
-    fn start(&mut self, sql: String, kind: OperationKind) {
-        let client = self.client.clone();
-        self.operations.push(Operation {
-            future: Box::pin(async move { client.batch_execute(&sql).await }),
-            kind,
-        });
-    }
+/// Finishes the sink with an error and marks the driver closed if the
+/// driver task ends any other way than through [`Driver::stop`]: a panic,
+/// or its runtime shutting down. Nothing ever hangs a consumer.
+struct EndGuard {
+    sink: Arc<dyn Sink>,
+    shared: Arc<DriverShared>,
+    stopped: bool,
+}
 
-    /// Sends `LISTEN`/`UNLISTEN` for the difference between `wanted` and what
-    /// this session listens to.
-    fn sync(&mut self, wanted: &BTreeSet<String>) {
-        let sql = sync_statements(wanted, &self.listening);
-        if !sql.is_empty() {
-            self.listening = wanted.clone();
-            self.start(sql, OperationKind::Answered);
-        }
-    }
-
-    fn server_channels(&mut self, reply: oneshot::Sender<OrmResult<Vec<String>>>) {
-        let client = self.client.clone();
-        self.operations.push(Operation {
-            future: Box::pin(async move {
-                let channels = client
-                    .query("SELECT pg_listening_channels()", &[])
-                    .await
-                    .map(|rows| rows.iter().map(|row| row.get(0)).collect());
-                let _ = reply.send(channels.map_err(OrmError::query));
-                Ok(())
-            }),
-            kind: OperationKind::Answered,
-        });
-    }
-
-    /// Polls every operation; answers those that finished. Returns the
-    /// health check's result when it finished.
-    fn poll_operations(
-        &mut self,
-        shared: &DriverShared,
-        cx: &mut Context<'_>,
-    ) -> Option<Result<(), tokio_postgres::Error>> {
-        let mut health = None;
-        let mut index = 0;
-        while index < self.operations.len() {
-            let Poll::Ready(result) = self.operations[index].future.as_mut().poll(cx) else {
-                index += 1;
-                continue;
-            };
-            match self.operations.swap_remove(index).kind {
-                OperationKind::Health => health = Some(result),
-                OperationKind::Answered => {}
-                OperationKind::Command { reply, added } => {
-                    let _ = reply.send(match result {
-                        Ok(()) => Ok(()),
-                        // The connection went away: the command is
-                        // remembered and applied by the reconnect.
-                        Err(error) if error.is_closed() => Ok(()),
-                        Err(error) => {
-                            if let Some(channel) = added {
-                                shared.lock_channels().remove(&channel);
-                            }
-                            Err(OrmError::query(error))
-                        }
-                    });
-                }
-            }
-        }
-        health
-    }
-
-    /// Answers every command still in flight when the session ends: its
-    /// effect is remembered and applied on reconnect (or moot on close).
-    fn release(self) {
-        for operation in self.operations {
-            if let OperationKind::Command { reply, .. } = operation.kind {
-                let _ = reply.send(Ok(()));
-            }
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.shared.ended_abnormally.store(true, Ordering::Release);
+            self.shared.set_state(ListenerState::Closed);
+            self.sink.finish(Some(ended_abnormally()));
         }
     }
 }
 
 impl Driver {
-    async fn run(mut self, mut session: Session) {
+    fn hooks(&self) -> &HookSlot {
+        &self.config.hooks
+    }
+
+    async fn run(mut self, session: Session) {
+        let mut guard = EndGuard {
+            sink: self.sink.clone(),
+            shared: self.shared.clone(),
+            stopped: false,
+        };
+        self.serve(session).await;
+        guard.stopped = true;
+    }
+
+    /// Serves sessions until closed, dropped, or out of reconnect attempts;
+    /// then stops.
+    async fn serve(&mut self, mut session: Session) {
         loop {
             let end = std::future::poll_fn(|cx| self.poll_session(&mut session, cx)).await;
-            match end {
+            let cause = match end {
                 SessionEnd::Close(reply) => {
-                    let result = self.close_session(session, true).await;
+                    let result = session.close(true, CLOSE_TIMEOUT).await;
                     self.stop(None);
                     let _ = reply.send(result);
                     return;
                 }
                 SessionEnd::HandleDropped => {
-                    let _ = self.close_session(session, false).await;
+                    let _ = session.close(false, CLOSE_TIMEOUT).await;
                     self.stop(None);
                     return;
                 }
-                SessionEnd::Lost(cause) => {
-                    trace!(warn, "listener connection lost: {cause}");
-                    self.config.hooks.call(|hooks| hooks.on_disconnect(&cause));
-                    session.release();
-                    self.blocked = None;
-                    match self.reconnect(cause).await {
-                        Ok(new_session) => session = new_session,
-                        Err(Stop::Close(reply)) => {
-                            self.stop(None);
-                            let _ = reply.send(Ok(()));
-                            return;
-                        }
-                        Err(Stop::HandleDropped) => {
-                            self.stop(None);
-                            return;
-                        }
-                        Err(Stop::GaveUp(error)) => {
-                            trace!(error, "listener gave up: {error}");
-                            self.stop(Some(error));
-                            return;
-                        }
+                SessionEnd::Lost(cause) => cause,
+            };
+            trace!(warn, "listener connection lost: {cause}");
+            self.hooks().call(|hooks| hooks.on_disconnect(&cause));
+            let earlier = session.backend.clone();
+            session.release();
+            self.blocked = None;
+            match self.connect(Some(cause)).await {
+                Ok(new_session) => {
+                    session = new_session;
+                    if let Some(earlier) = earlier {
+                        session.terminate(earlier);
                     }
+                }
+                Err(Stop::Close(reply)) => {
+                    self.stop(None);
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                Err(Stop::HandleDropped) => {
+                    self.stop(None);
+                    return;
+                }
+                Err(Stop::GaveUp(error)) => {
+                    trace!(error, "listener gave up: {error}");
+                    self.stop(Some(error));
+                    return;
                 }
             }
         }
@@ -415,77 +411,112 @@ impl Driver {
         self.sink.finish(error);
     }
 
-    /// Reconnects until it works, gives up, or is told to stop. The first
-    /// attempt is immediate, then the delay backs off.
-    async fn reconnect(&mut self, cause: OrmError) -> Result<Session, Stop> {
-        if !self.config.reconnect {
-            return Err(Stop::GaveUp(OrmError::Disconnected {
-                attempts: 0,
-                cause: Box::new(cause),
-            }));
+    /// Opens a session: the first (`cause` is `None`) with one attempt
+    /// unless the configuration retries it, a reconnect until it works,
+    /// gives up, or is told to stop. The first reconnect attempt is
+    /// immediate, then the delay backs off.
+    async fn connect(&mut self, cause: Option<OrmError>) -> Result<Session, Stop> {
+        let first = cause.is_none();
+        let retry = if first {
+            self.config.retry_first_connect
+        } else {
+            self.config.reconnect
+        };
+        if !first {
+            self.shared.set_state(ListenerState::Reconnecting);
         }
-        self.shared.set_state(ListenerState::Reconnecting);
-        let mut last_error = cause;
+        let mut last_error = match cause {
+            Some(cause) if !retry => {
+                return Err(Stop::GaveUp(OrmError::Disconnected {
+                    attempts: 0,
+                    cause: Box::new(cause),
+                }))
+            }
+            cause => cause,
+        };
+        let generation = if first {
+            0
+        } else {
+            self.shared.reconnects.load(Ordering::Acquire) + 1
+        };
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             if let Some(max) = self.config.max_reconnect_attempts {
                 if attempt > max {
-                    return Err(Stop::GaveUp(OrmError::Disconnected {
-                        attempts: max,
-                        cause: Box::new(last_error),
-                    }));
+                    if let Some(cause) = last_error.take() {
+                        return Err(Stop::GaveUp(OrmError::Disconnected {
+                            attempts: max,
+                            cause: Box::new(cause),
+                        }));
+                    }
                 }
             }
             let delay = self.config.backoff_delay(attempt, self.jitter.next());
-            trace!(debug, "listener reconnect attempt {attempt} in {delay:?}");
-            self.config
-                .hooks
-                .call(|hooks| hooks.on_reconnect_attempt(attempt, delay));
+            if !first {
+                trace!(debug, "listener reconnect attempt {attempt} in {delay:?}");
+                self.hooks()
+                    .call(|hooks| hooks.on_reconnect_attempt(attempt, delay));
+            }
             if !delay.is_zero() {
                 self.while_disconnected(tokio::time::sleep(delay)).await?;
             }
-            let opening = open_session(
-                self.connector.clone(),
-                self.pg_config.clone(),
-                self.shared.channels(),
-                self.config.connect_timeout,
-                self.config.health_interval,
+            let opening = open_session(self.opening.clone(), generation);
+            let error = match self.while_disconnected(opening).await? {
+                Ok(opened) => return Ok(self.connected(opened, first, attempt)),
+                Err(error) => error,
+            };
+            trace!(debug, "listener connect attempt {attempt} failed: {error}");
+            if first && !retry {
+                return Err(Stop::GaveUp(error));
+            }
+            last_error = Some(error);
+        }
+    }
+
+    /// A session is open and listening: state, marker, early notifications.
+    fn connected(&mut self, opened: Opened, first: bool, attempt: u32) -> Session {
+        let Opened { session, early } = opened;
+        self.shared.set_state(ListenerState::Connected);
+        if first {
+            trace!(
+                info,
+                "listener connected to {}",
+                crate::connect::describe_target(&self.opening.pg_config)
             );
-            match self.while_disconnected(opening).await? {
-                Ok(mut opened) => {
-                    if let Err(error) = self.catch_up_channels(&mut opened).await {
-                        last_error = error;
-                        continue;
-                    }
-                    let Opened {
-                        session, mut early, ..
-                    } = opened;
-                    let generation = self.shared.reconnects.fetch_add(1, Ordering::AcqRel) + 1;
-                    self.shared.set_state(ListenerState::Connected);
-                    // Only now, with every LISTEN in place: a consumer that
-                    // resyncs on the marker cannot race the re-subscription.
-                    self.pending
-                        .push_back(ListenerEvent::Reconnected { generation });
-                    self.pending.append(&mut early);
-                    trace!(
-                        info,
-                        "listener reconnected (generation {generation}, attempt {attempt})"
-                    );
-                    self.config
-                        .hooks
-                        .call(|hooks| hooks.on_reconnect(generation, attempt));
-                    return Ok(session);
-                }
-                Err(error) => {
-                    trace!(
-                        debug,
-                        "listener reconnect attempt {attempt} failed: {error}"
-                    );
-                    last_error = error;
+        } else {
+            let generation = self.shared.reconnects.fetch_add(1, Ordering::AcqRel) + 1;
+            // Only now, with every LISTEN in place: a consumer that resyncs
+            // on the marker cannot race the re-subscription.
+            self.pending
+                .push_back(ListenerEvent::Reconnected { generation });
+            trace!(
+                info,
+                "listener reconnected (generation {generation}, attempt {attempt})"
+            );
+            self.hooks()
+                .call(|hooks| hooks.on_reconnect(generation, attempt));
+        }
+        self.take_in(early);
+        session
+    }
+
+    /// Adds notifications read off the connection to what waits for the
+    /// sink, telling the hooks about each.
+    fn take_in(&mut self, mut events: VecDeque<ListenerEvent>) {
+        self.tell_hooks(&events, 0);
+        self.pending.append(&mut events);
+    }
+
+    /// `on_notification` for every notification of `events[from..]`.
+    fn tell_hooks(&self, events: &VecDeque<ListenerEvent>, from: usize) {
+        self.hooks().call(|hooks| {
+            for event in events.range(from..) {
+                if let ListenerEvent::Notification(notification) = event {
+                    hooks.on_notification(notification);
                 }
             }
-        }
+        });
     }
 
     /// Runs `future` while serving commands and handing pending events to
@@ -521,35 +552,6 @@ impl Driver {
         .await
     }
 
-    /// Commands that arrived while a reconnect was opening a session changed
-    /// the channel set after it was read: apply the difference.
-    async fn catch_up_channels(&mut self, opened: &mut Opened) -> OrmResult<()> {
-        let wanted = self.shared.lock_channels().clone();
-        let sql = sync_statements(&wanted, &opened.session.listening);
-        if !sql.is_empty() {
-            let client = opened.session.client.clone();
-            run_statement(
-                &mut opened.session,
-                &mut opened.early,
-                client.batch_execute(&sql),
-            )
-            .await?;
-            opened.session.listening = wanted;
-        }
-        Ok(())
-    }
-
-    async fn open_session(&mut self) -> OrmResult<Opened> {
-        open_session(
-            self.connector.clone(),
-            self.pg_config.clone(),
-            self.shared.channels(),
-            self.config.connect_timeout,
-            self.config.health_interval,
-        )
-        .await
-    }
-
     /// One wake-up of a connected session: commands, then the socket, then
     /// the statements in flight and the health check.
     fn poll_session(&mut self, session: &mut Session, cx: &mut Context<'_>) -> Poll<SessionEnd> {
@@ -581,36 +583,44 @@ impl Driver {
             return Poll::Ready(end);
         }
 
-        if !self.flush_pending(cx) {
-            // A BlockProducer queue is full: leave the socket alone.
+        // A BlockProducer queue that is full stops the reading, unless a
+        // statement waits for its reply behind notifications: then read on
+        // (what arrives waits beyond the queue's capacity) until it comes,
+        // so that a consumer's own listen() cannot deadlock it.
+        if !self.flush_pending(cx) && !session.has_operations() {
             return Poll::Pending;
         }
+        let before = self.pending.len();
         let (read, end) = read_notifications(
             session.connection.as_mut(),
             &mut self.pending,
             MAX_BATCH,
             cx,
         );
-        let end = end.map(SessionEnd::Lost);
         if read > 0 {
-            self.config.hooks.call(|hooks| {
-                let start = self.pending.len() - read;
-                for event in self.pending.range(start..) {
-                    if let ListenerEvent::Notification(notification) = event {
-                        hooks.on_notification(notification);
-                    }
-                }
-            });
+            self.tell_hooks(&self.pending, before);
             self.flush_pending(cx);
         }
         if let Some(end) = end {
-            return Poll::Ready(end);
+            return Poll::Ready(SessionEnd::Lost(end));
         }
         let health = session.poll_operations(&self.shared, cx);
         match self.poll_health(session, health, cx) {
             Some(end) => Poll::Ready(end),
             None => Poll::Pending,
         }
+    }
+
+    fn poll_health(
+        &mut self,
+        session: &mut Session,
+        finished: Option<Result<(), tokio_postgres::Error>>,
+        cx: &mut Context<'_>,
+    ) -> Option<SessionEnd> {
+        let paused = self.blocked.is_some();
+        self.health
+            .poll(session, &self.shared, finished, paused, cx)
+            .map(SessionEnd::Lost)
     }
 
     /// Hands pending events to the sink, then tells the hooks what its
@@ -626,8 +636,7 @@ impl Driver {
                 "listener queue full: dropped {} notifications",
                 dropped.count
             );
-            self.config
-                .hooks
+            self.hooks()
                 .call(|hooks| hooks.on_drop(dropped.channel.as_deref(), dropped.count));
         }
         pushed
@@ -656,259 +665,9 @@ impl Driver {
                 warn,
                 "listener consumer blocked the connection for {timeout:?}: dropping the oldest until it catches up"
             );
-            self.config
-                .hooks
-                .call(|hooks| hooks.on_block_timeout(timeout));
+            self.hooks().call(|hooks| hooks.on_block_timeout(timeout));
             self.sink.fall_back_to_dropping();
             self.blocked = None;
         }
-    }
-
-    /// Starts a check when one is due, or ends the session when a check
-    /// misses its deadline. Paused while a blocked queue keeps the driver
-    /// from reading (a slow consumer is not a dead server).
-    fn poll_health(
-        &mut self,
-        session: &mut Session,
-        finished: Option<Result<(), tokio_postgres::Error>>,
-        cx: &mut Context<'_>,
-    ) -> Option<SessionEnd> {
-        let interval = self.config.health_interval;
-        let timeout = self.config.health_timeout;
-        match finished {
-            Some(Err(error)) => return Some(SessionEnd::Lost(OrmError::connection(error))),
-            Some(Ok(())) => session.health = Health::Idle(Box::pin(tokio::time::sleep(interval))),
-            None => {}
-        }
-        if self.blocked.is_some() {
-            if let Health::Checking(deadline) = &mut session.health {
-                deadline.as_mut().reset(Instant::now() + timeout);
-            }
-            return None;
-        }
-        match &mut session.health {
-            Health::Idle(next) => {
-                if next.as_mut().poll(cx).is_ready() {
-                    session.health = Health::Checking(Box::pin(tokio::time::sleep(timeout)));
-                    session.start(String::new(), OperationKind::Health);
-                    // Poll the new statement (sends it) and arm the deadline.
-                    let health = session.poll_operations(&self.shared, cx);
-                    return self.poll_health(session, health, cx);
-                }
-            }
-            Health::Checking(deadline) => {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Some(SessionEnd::Lost(OrmError::Timeout {
-                        operation: "listener health check",
-                        after: timeout,
-                    }));
-                }
-            }
-        }
-        None
-    }
-
-    /// Says goodbye: `UNLISTEN *` (when asked), then the protocol's
-    /// Terminate, within [`CLOSE_TIMEOUT`]. Notifications still arriving are
-    /// discarded: nobody consumes them any more.
-    async fn close_session(&mut self, mut session: Session, unlisten: bool) -> OrmResult<()> {
-        session.operations.clear();
-        self.pending.clear();
-        let mut discarded = VecDeque::new();
-        let unlistened = if unlisten {
-            let client = session.client.clone();
-            let statement = client.batch_execute("UNLISTEN *");
-            tokio::time::timeout(
-                CLOSE_TIMEOUT,
-                run_statement(&mut session, &mut discarded, statement),
-            )
-            .await
-            .unwrap_or(Err(OrmError::Timeout {
-                operation: "UNLISTEN on close",
-                after: CLOSE_TIMEOUT,
-            }))
-        } else {
-            Ok(())
-        };
-        let Session {
-            client,
-            mut connection,
-            ..
-        } = session;
-        // With the last client gone, the connection sends Terminate and ends.
-        drop(client);
-        let goodbye = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            std::future::poll_fn(|cx| {
-                discarded.clear();
-                match read_notifications(connection.as_mut(), &mut discarded, usize::MAX, cx) {
-                    (_, Some(OrmError::Closed { .. })) => Poll::Ready(Ok(())),
-                    (_, Some(error)) => Poll::Ready(Err(error)),
-                    (_, None) => Poll::Pending,
-                }
-            }),
-        )
-        .await
-        .unwrap_or(Err(OrmError::Timeout {
-            operation: "closing the listener's connection",
-            after: CLOSE_TIMEOUT,
-        }));
-        unlistened.and(goodbye)
-    }
-}
-
-/// The `LISTEN` and `UNLISTEN` statements, as one simple-query string, that
-/// take a session listening to `listening` to `wanted`.
-fn sync_statements(wanted: &BTreeSet<String>, listening: &BTreeSet<String>) -> String {
-    let mut sql = String::new();
-    for channel in wanted.difference(listening) {
-        sql.push_str(&format!("LISTEN {};", quote_identifier(channel)));
-    }
-    for channel in listening.difference(wanted) {
-        sql.push_str(&format!("UNLISTEN {};", quote_identifier(channel)));
-    }
-    sql
-}
-
-/// A freshly opened session and the notifications that arrived while its
-/// `LISTEN` ran.
-struct Opened {
-    session: Session,
-    early: VecDeque<ListenerEvent>,
-}
-
-/// Connects and listens to `channels` in one round trip, within `timeout`.
-async fn open_session(
-    connector: Arc<dyn Connector>,
-    pg_config: Config,
-    channels: Vec<String>,
-    timeout: Duration,
-    health_interval: Duration,
-) -> OrmResult<Opened> {
-    let opening = async {
-        let (client, connection) = connector.connect(&pg_config).await?;
-        let mut session = Session {
-            client: Arc::new(client),
-            connection,
-            listening: channels.into_iter().collect(),
-            operations: Vec::new(),
-            health: Health::Idle(Box::pin(tokio::time::sleep(health_interval))),
-        };
-        let mut early = VecDeque::new();
-        // Every channel in one round trip, however many there are.
-        let sql = sync_statements(&session.listening, &BTreeSet::new());
-        if !sql.is_empty() {
-            let client = session.client.clone();
-            run_statement(&mut session, &mut early, client.batch_execute(&sql)).await?;
-        }
-        Ok(Opened { session, early })
-    };
-    match tokio::time::timeout(timeout, opening).await {
-        Ok(opened) => opened,
-        Err(_) => Err(OrmError::Timeout {
-            operation: "connect",
-            after: timeout,
-        }),
-    }
-}
-
-/// Awaits `statement` while driving the session's connection, appending the
-/// notifications that arrive meanwhile to `into`.
-async fn run_statement<T>(
-    session: &mut Session,
-    into: &mut VecDeque<ListenerEvent>,
-    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> OrmResult<T> {
-    let mut statement = std::pin::pin!(statement);
-    std::future::poll_fn(|cx| {
-        // Once to send the request, once more for a reply read just now.
-        if let Poll::Ready(result) = statement.as_mut().poll(cx) {
-            return Poll::Ready(result.map_err(OrmError::query));
-        }
-        let (_, end) = read_notifications(session.connection.as_mut(), into, usize::MAX, cx);
-        if let Some(error) = end {
-            return Poll::Ready(Err(error));
-        }
-        statement
-            .as_mut()
-            .poll(cx)
-            .map(|result| result.map_err(OrmError::query))
-    })
-    .await
-}
-
-/// Reads messages until the socket has nothing more or `limit`
-/// notifications were read; notifications go to `into`. Returns how many
-/// were read and, if the connection ended, why.
-fn read_notifications(
-    connection: &mut dyn RawConnection,
-    into: &mut VecDeque<ListenerEvent>,
-    limit: usize,
-    cx: &mut Context<'_>,
-) -> (usize, Option<OrmError>) {
-    // One timestamp per wake-up: everything read now arrived together.
-    let received_at = SystemTime::now();
-    let mut read = 0;
-    while read < limit {
-        let polled = connection.poll_message(cx);
-        // Notifications the connection's stream lifted out, already owned.
-        if let Some(tap) = connection.tap() {
-            read += tap.drain(|lifted| {
-                into.push_back(ListenerEvent::Notification(PgNotification {
-                    process_id: lifted.process_id,
-                    channel: lifted.channel,
-                    payload: lifted.payload,
-                    received_at: lifted.received_at,
-                }));
-            });
-        }
-        match polled {
-            Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
-                read += 1;
-                into.push_back(ListenerEvent::Notification(PgNotification {
-                    process_id: notification.process_id(),
-                    channel: notification.channel().to_owned(),
-                    payload: notification.payload().to_owned(),
-                    received_at,
-                }));
-            }
-            Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
-                trace!(debug, "listener got a notice: {}", notice.message());
-                let _ = notice;
-            }
-            Poll::Ready(Some(Ok(_))) => {}
-            Poll::Ready(Some(Err(error))) => return (read, Some(OrmError::connection(error))),
-            Poll::Ready(None) => {
-                let error = OrmError::closed("the server closed the listener's connection");
-                return (read, Some(error));
-            }
-            Poll::Pending => return (read, None),
-        }
-    }
-    // The limit was reached with more to read: come back after the
-    // consumer has had a turn.
-    cx.waker().wake_by_ref();
-    (read, None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|name| name.to_string()).collect()
-    }
-
-    #[test]
-    fn sync_statements_listen_to_the_missing_and_unlisten_the_extra_in_one_string() {
-        assert_eq!(
-            sync_statements(&set(&["a", "B c"]), &BTreeSet::new()),
-            "LISTEN \"B c\";LISTEN \"a\";"
-        );
-        assert_eq!(
-            sync_statements(&set(&["keep", "new"]), &set(&["keep", "old\"; --"])),
-            "LISTEN \"new\";UNLISTEN \"old\"\"; --\";"
-        );
-        assert_eq!(sync_statements(&set(&["same"]), &set(&["same"])), "");
     }
 }

@@ -89,7 +89,9 @@ impl ListenerState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ListenerStats {
-    /// Notifications read from the connection.
+    /// Notifications read from the connection and taken by the queue (a
+    /// `BlockProducer` listener that waits for room holds back what it read
+    /// beyond that until the queue takes it).
     pub received: u64,
     /// Notifications handed to the consumer.
     pub delivered: u64,
@@ -98,6 +100,12 @@ pub struct ListenerStats {
     /// Completed reconnects.
     pub reconnects: u64,
     /// Notifications waiting now: in the queue, or taken by the consumer's
-    /// batch but not yet returned by `next`.
+    /// batch but not yet returned by `next` (seen from a
+    /// [`PgListenerHandle`](crate::listen::PgListenerHandle), those count
+    /// as delivered). `received == delivered + queued + dropped` holds in
+    /// every snapshot.
     pub queued: usize,
+    /// Calls of the [hooks](crate::listen::ListenerHooks) that panicked
+    /// (each was contained; the listener went on).
+    pub hook_panics: u64,
 }

@@ -1,8 +1,9 @@
-//! [`PgListener`], the single-consumer front end of the connection driver,
-//! and [`PgListenerStream`], the same as a `Stream`.
+//! [`PgListener`], the single-consumer front end of the connection driver;
+//! [`PgListenerHandle`], its cloneable control handle; and
+//! [`PgListenerStream`], the listener as a `Stream`.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -14,9 +15,10 @@ use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::validate_channel;
 use crate::listen::config::PgListenerConfig;
-use crate::listen::driver::{self, ChannelCommand, Command, DriverShared};
+use crate::listen::driver::{self, ended_abnormally, ChannelCommand, Command, DriverShared};
 use crate::listen::event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
-use crate::listen::queue::{EventQueue, Receiver};
+use crate::listen::hooks::HookSlot;
+use crate::listen::queue::{Counts, EventQueue, Receiver};
 use crate::pool::parse_url;
 use crate::tap::PlainConnector;
 use crate::PgClient;
@@ -30,8 +32,9 @@ use crate::PgClient;
 /// [`next_event`](Self::next_event) (which also shows the gap markers),
 /// [`try_next`](Self::try_next) or [`into_stream`](Self::into_stream).
 ///
-/// Methods that do not receive take `&self`, so a listener can be shared by
-/// reference between the task that consumes and tasks that (un)listen.
+/// Receiving takes `&mut self`; to change channels or read the state from
+/// other tasks while one task receives, take a cloneable
+/// [`handle`](Self::handle).
 ///
 /// Dropping a listener stops its task and closes its connection;
 /// [`close`](Self::close) does the same and reports whether it went cleanly.
@@ -57,17 +60,61 @@ use crate::PgClient;
 /// # Ok(()) }
 /// ```
 pub struct PgListener {
-    commands: mpsc::Sender<Command>,
-    shared: Arc<DriverShared>,
+    /// The one strong reference to the command sender: dropping the listener
+    /// stops the driver, whatever handles remain.
+    commands: Arc<mpsc::Sender<Command>>,
+    handle: PgListenerHandle,
     receiver: Receiver,
     task: tokio::task::JoinHandle<()>,
-    target: String,
+}
+
+/// A cloneable control handle of a [`PgListener`], from
+/// [`PgListener::handle`]: listen, unlisten, state and counters from any
+/// task while another one receives.
+///
+/// A handle does not keep the listener alive: once the listener is dropped
+/// or closed, its methods return [`OrmError::Closed`] and `state()` says
+/// [`ListenerState::Closed`].
+///
+/// ```
+/// use pgorm::listen::PgListener;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> pgorm::OrmResult<()> {
+/// # let database_url = pgorm_testkit::TestServer::shared().url();
+/// let mut listener = PgListener::connect(&database_url).await?;
+/// let handle = listener.handle();
+/// let subscriber = tokio::spawn(async move { handle.listen("jobs").await });
+/// subscriber.await.expect("the task ran")?;
+///
+/// let client = pgorm::PgClient::connect(&database_url).await?;
+/// pgorm::notify(&client, "jobs", "7").await?;
+/// assert_eq!(listener.next().await.unwrap()?.payload, "7");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgListenerHandle {
+    commands: Weak<mpsc::Sender<Command>>,
+    shared: Arc<DriverShared>,
+    queue: Arc<EventQueue>,
+    hooks: HookSlot,
+    target: Arc<str>,
+}
+
+impl std::fmt::Debug for PgListenerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgListenerHandle")
+            .field("target", &self.target)
+            .field("state", &self.state())
+            .field("channels", &self.channels())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for PgListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgListener")
-            .field("target", &self.target)
+            .field("target", &self.handle.target)
             .field("state", &self.state())
             .field("channels", &self.channels())
             .field("stats", &self.stats())
@@ -123,63 +170,56 @@ impl PgListener {
         pg_config: Config,
         config: PgListenerConfig,
     ) -> OrmResult<PgListener> {
-        let target = describe_target(&pg_config);
+        let target = describe_target(&pg_config).into();
         let queue = Arc::new(EventQueue::new(config.queue_capacity, config.queue_policy));
-        let handle = driver::start(connector, pg_config, config, queue.clone()).await?;
+        let driver = driver::start(connector, pg_config, config, queue.clone()).await?;
+        let commands = Arc::new(driver.commands);
         Ok(PgListener {
-            commands: handle.commands,
-            shared: handle.shared,
+            handle: PgListenerHandle {
+                commands: Arc::downgrade(&commands),
+                shared: driver.shared,
+                queue: queue.clone(),
+                hooks: driver.hooks,
+                target,
+            },
+            commands,
             receiver: Receiver::new(queue),
-            task: handle.task,
-            target,
+            task: driver.task,
         })
     }
 
-    /// Starts listening to `channel` (exact and case-sensitive).
-    ///
-    /// Returns once the server has acknowledged: every notification
-    /// committed on `channel` after that is delivered. If the connection is
-    /// down, it returns at once and the channel is listened to as part of
-    /// the reconnect, which a [`ListenerEvent::Reconnected`] announces.
+    /// A cloneable handle to change channels and read the state from other
+    /// tasks while this one receives.
+    pub fn handle(&self) -> PgListenerHandle {
+        self.handle.clone()
+    }
+
+    /// Starts listening to `channel`; see [`PgListenerHandle::listen`].
     ///
     /// # Errors
-    /// [`OrmError::Validation`] for an empty name, a NUL byte, or more than
-    /// 63 bytes (nothing is sent); [`OrmError::Closed`] after the listener
-    /// has stopped.
+    /// As [`PgListenerHandle::listen`].
     ///
     /// # Cancel safety
-    /// If cancelled, the channel may or may not be listened to; it is listed
-    /// by [`channels`](Self::channels) either way.
+    /// As [`PgListenerHandle::listen`].
     pub async fn listen(&self, channel: &str) -> OrmResult<()> {
-        validate_channel(channel)?;
-        let channel = channel.to_owned();
-        self.command(ChannelCommand::Listen {
-            channel,
-            remember: true,
-        })
-        .await
+        self.handle.listen(channel).await
     }
 
-    /// Stops listening to `channel`. Notifications of that channel already
-    /// queued are still delivered.
+    /// Stops listening to `channel`; see [`PgListenerHandle::unlisten`].
     ///
     /// # Errors
-    /// As [`listen`](Self::listen).
+    /// As [`PgListenerHandle::listen`].
     pub async fn unlisten(&self, channel: &str) -> OrmResult<()> {
-        validate_channel(channel)?;
-        self.command(ChannelCommand::Unlisten(channel.to_owned()))
-            .await
+        self.handle.unlisten(channel).await
     }
 
-    /// What the server says this listener's session listens to
-    /// (`pg_listening_channels()` run on the listener's own connection): a
-    /// diagnostic to compare with [`channels`](Self::channels).
+    /// What the server says this listener's session listens to; see
+    /// [`PgListenerHandle::server_channels`].
     ///
     /// # Errors
-    /// [`OrmError::Closed`] while reconnecting or after the listener has
-    /// stopped; the query's error otherwise.
+    /// As [`PgListenerHandle::server_channels`].
     pub async fn server_channels(&self) -> OrmResult<Vec<String>> {
-        server_channels(&self.commands).await
+        self.handle.server_channels().await
     }
 
     /// Stops listening to every channel.
@@ -187,18 +227,7 @@ impl PgListener {
     /// # Errors
     /// [`OrmError::Closed`] after the listener has stopped.
     pub async fn unlisten_all(&self) -> OrmResult<()> {
-        self.command(ChannelCommand::UnlistenAll).await
-    }
-
-    async fn command(&self, change: ChannelCommand) -> OrmResult<()> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Channels(change, reply))
-            .await
-            .map_err(|_| OrmError::closed("the listener has stopped"))?;
-        answer
-            .await
-            .map_err(|_| OrmError::closed("the listener has stopped"))?
+        self.handle.unlisten_all().await
     }
 
     /// The next notification; gap markers are passed over.
@@ -260,12 +289,131 @@ impl PgListener {
 
     /// Where the connection stands now.
     pub fn state(&self) -> ListenerState {
+        self.handle.state()
+    }
+
+    /// Counters since the listener was created; what the consumer's batch
+    /// holds but `next` has not returned yet counts as queued.
+    pub fn stats(&self) -> ListenerStats {
+        self.handle.stats_with(self.receiver.counts())
+    }
+
+    /// The channels listened to (or to be listened to again after a
+    /// reconnect), sorted.
+    pub fn channels(&self) -> Vec<String> {
+        self.handle.channels()
+    }
+
+    /// Stops listening (`UNLISTEN *`), closes the connection and waits for
+    /// the background task to end. Queued notifications are discarded.
+    ///
+    /// # Errors
+    /// When `UNLISTEN` or the goodbye to the server failed or timed out
+    /// (5 s each); the connection is closed and the task ended regardless.
+    /// [`OrmError::Closed`] when the background task had ended abnormally
+    /// (it panicked, or its runtime shut down). A listener that gave up
+    /// reconnecting closes with `Ok`: its consumer was told why.
+    pub async fn close(self) -> OrmResult<()> {
+        let PgListener {
+            commands,
+            handle,
+            task,
+            ..
+        } = self;
+        let (reply, answer) = oneshot::channel();
+        let result = match commands.send(Command::Close(reply)).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| Err(ended_abnormally())),
+            Err(_) => handle.shared.end_result(),
+        };
+        drop(commands);
+        match task.await {
+            Err(joined) if joined.is_panic() => Err(ended_abnormally()),
+            _ => result,
+        }
+    }
+}
+
+impl PgListenerHandle {
+    /// Starts listening to `channel` (exact and case-sensitive).
+    ///
+    /// Returns once the server has acknowledged: every notification
+    /// committed on `channel` after that is delivered. If the connection is
+    /// down, it returns at once and the channel is listened to as part of
+    /// the reconnect, which a [`ListenerEvent::Reconnected`] announces.
+    ///
+    /// # Errors
+    /// [`OrmError::Validation`] for an empty name, a NUL byte, or more than
+    /// 63 bytes (nothing is sent); [`OrmError::Closed`] after the listener
+    /// has stopped.
+    ///
+    /// # Cancel safety
+    /// If cancelled, the channel may or may not be listened to; it is listed
+    /// by [`channels`](Self::channels) either way.
+    pub async fn listen(&self, channel: &str) -> OrmResult<()> {
+        validate_channel(channel)?;
+        let channel = channel.to_owned();
+        self.command(ChannelCommand::Listen {
+            channel,
+            remember: true,
+        })
+        .await
+    }
+
+    /// Stops listening to `channel`. Notifications of that channel already
+    /// queued are still delivered.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen).
+    pub async fn unlisten(&self, channel: &str) -> OrmResult<()> {
+        validate_channel(channel)?;
+        self.command(ChannelCommand::Unlisten(channel.to_owned()))
+            .await
+    }
+
+    /// What the server says this listener's session listens to
+    /// (`pg_listening_channels()` run on the listener's own connection): a
+    /// diagnostic to compare with [`channels`](Self::channels).
+    ///
+    /// # Errors
+    /// [`OrmError::Closed`] while reconnecting or after the listener has
+    /// stopped; the query's error otherwise.
+    pub async fn server_channels(&self) -> OrmResult<Vec<String>> {
+        server_channels(&*self.commands()?).await
+    }
+
+    /// Stops listening to every channel.
+    ///
+    /// # Errors
+    /// [`OrmError::Closed`] after the listener has stopped.
+    pub async fn unlisten_all(&self) -> OrmResult<()> {
+        self.command(ChannelCommand::UnlistenAll).await
+    }
+
+    async fn command(&self, change: ChannelCommand) -> OrmResult<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands()?
+            .send(Command::Channels(change, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    fn commands(&self) -> OrmResult<Arc<mpsc::Sender<Command>>> {
+        self.commands.upgrade().ok_or_else(stopped)
+    }
+
+    /// Where the connection stands now.
+    pub fn state(&self) -> ListenerState {
         self.shared.state()
     }
 
-    /// Counters since the listener was created.
+    /// Counters since the listener was created. Seen from a handle, what the
+    /// consumer has taken into its batch counts as delivered.
     pub fn stats(&self) -> ListenerStats {
-        let counts = self.receiver.counts();
+        self.stats_with(self.queue.counts())
+    }
+
+    fn stats_with(&self, counts: Counts) -> ListenerStats {
         ListenerStats {
             received: counts.received,
             delivered: counts.delivered,
@@ -275,6 +423,7 @@ impl PgListener {
                 .reconnects
                 .load(std::sync::atomic::Ordering::Relaxed),
             queued: counts.queued,
+            hook_panics: self.hooks.panics(),
         }
     }
 
@@ -283,27 +432,10 @@ impl PgListener {
     pub fn channels(&self) -> Vec<String> {
         self.shared.channels()
     }
+}
 
-    /// Stops listening (`UNLISTEN *`), closes the connection and waits for
-    /// the background task to end. Queued notifications are discarded.
-    ///
-    /// # Errors
-    /// When `UNLISTEN` or the goodbye to the server failed or timed out
-    /// (5 s each); the connection is closed and the task ended regardless.
-    pub async fn close(self) -> OrmResult<()> {
-        let (reply, answer) = oneshot::channel();
-        let sent = self.commands.send(Command::Close(reply)).await;
-        let result = match sent {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err(OrmError::closed("the listener task ended abnormally"))),
-            // Already stopped (gave up reconnecting): nothing left to close.
-            Err(_) => Ok(()),
-        };
-        let PgListener { task, .. } = self;
-        let _ = task.await;
-        result
-    }
+fn stopped() -> OrmError {
+    OrmError::closed("the listener has stopped")
 }
 
 /// Asks a driver for `pg_listening_channels()` of its session.

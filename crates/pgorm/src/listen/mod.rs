@@ -54,23 +54,28 @@ mod driver;
 mod event;
 mod fanout;
 mod handler;
+mod health;
 mod hooks;
 mod hub;
 mod listener;
 mod publish;
 mod queue;
+mod session;
 mod sink;
 #[cfg(feature = "json")]
 mod typed;
 
 pub use channel::{validate_channel, MAX_CHANNEL_LEN};
-pub use config::{PgListenerConfig, QueuePolicy, DEFAULT_QUEUE_CAPACITY};
+pub use config::{
+    ListenerSession, PgListenerConfig, QueuePolicy, DEFAULT_APPLICATION_NAME,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY,
+};
 pub use event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
 pub use fanout::NotificationBatch;
 pub use handler::{HandlerGuard, HandlerOptions, HandlerStats};
 pub use hooks::ListenerHooks;
 pub use hub::{ChannelStats, HubStats, PgNotifyHub, Subscription};
-pub use listener::{PgListener, PgListenerEventStream, PgListenerStream};
+pub use listener::{PgListener, PgListenerEventStream, PgListenerHandle, PgListenerStream};
 pub use publish::{notify, notify_batch, validate_payload, MAX_PAYLOAD_LEN};
 #[cfg(feature = "json")]
 pub use typed::{Channel, TypedEvent, TypedSubscription};

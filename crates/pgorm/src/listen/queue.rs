@@ -131,11 +131,6 @@ impl Receiver {
         counts.queued += held;
         counts
     }
-
-    /// The queue this receiver reads.
-    pub(crate) fn queue(&self) -> &Arc<EventQueue> {
-        &self.queue
-    }
 }
 
 /// A queue's counters, read under its lock, so that `received == delivered
