@@ -37,6 +37,7 @@ pub struct FaultProxy {
     upstream_port: u16,
     mode: watch::Sender<ProxyMode>,
     cuts: watch::Sender<u64>,
+    severs: watch::Sender<u64>,
     active: Arc<AtomicUsize>,
     accept_task: JoinHandle<()>,
 }
@@ -53,12 +54,14 @@ impl FaultProxy {
         let upstream = SocketAddr::from(([127, 0, 0, 1], upstream_port));
         let (mode, _) = watch::channel(ProxyMode::Pass);
         let (cuts, _) = watch::channel(0u64);
+        let (severs, _) = watch::channel(0u64);
         let active = Arc::new(AtomicUsize::new(0));
         let accept_task = tokio::spawn(accept_loop(
             listener,
             upstream,
             mode.clone(),
             cuts.clone(),
+            severs.clone(),
             active.clone(),
         ));
         Ok(FaultProxy {
@@ -66,6 +69,7 @@ impl FaultProxy {
             upstream_port,
             mode,
             cuts,
+            severs,
             active,
             accept_task,
         })
@@ -106,6 +110,15 @@ impl FaultProxy {
         self.cuts.send_modify(|cuts| *cuts += 1);
     }
 
+    /// The connections open now go dead the way a lost network path does:
+    /// from now on nothing more is forwarded on them either way, not even a
+    /// close, so the server's side lives on until [`cut_all`](Self::cut_all)
+    /// or its own keepalives end it. New connections are handled according
+    /// to the mode.
+    pub fn sever_open_connections(&self) {
+        self.severs.send_modify(|severs| *severs += 1);
+    }
+
     /// How many client connections the proxy holds open now.
     pub fn active_connections(&self) -> usize {
         self.active.load(Ordering::SeqCst)
@@ -124,6 +137,7 @@ async fn accept_loop(
     upstream: SocketAddr,
     mode: watch::Sender<ProxyMode>,
     cuts: watch::Sender<u64>,
+    severs: watch::Sender<u64>,
     active: Arc<AtomicUsize>,
 ) {
     loop {
@@ -137,15 +151,35 @@ async fn accept_loop(
         let mut mode = mode.subscribe();
         let mut cuts = cuts.subscribe();
         cuts.mark_unchanged();
+        let severed = Severed {
+            at: *severs.borrow(),
+            severs: severs.subscribe(),
+        };
         let active = active.clone();
         active.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             tokio::select! {
-                _ = relay(client, upstream, &mut mode) => {}
+                _ = relay(client, upstream, &mut mode, severed) => {}
                 _ = cuts.changed() => {}
             }
             active.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+/// Whether a connection was severed after it was accepted.
+#[derive(Clone)]
+struct Severed {
+    at: u64,
+    severs: watch::Receiver<u64>,
+}
+
+impl Severed {
+    /// Holds the caller (and the sockets it owns) forever once severed.
+    async fn hold_if_severed(&self) {
+        if *self.severs.borrow() > self.at {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -154,6 +188,7 @@ async fn relay(
     client: TcpStream,
     upstream: SocketAddr,
     mode: &mut watch::Receiver<ProxyMode>,
+    severed: Severed,
 ) -> io::Result<()> {
     wait_while_blackholed(mode).await;
     let server = TcpStream::connect(upstream).await?;
@@ -162,8 +197,8 @@ async fn relay(
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::select! {
-        result = pump(client_read, server_write, mode.clone()) => result,
-        result = pump(server_read, client_write, mode.clone()) => result,
+        result = pump(client_read, server_write, mode.clone(), severed.clone()) => result,
+        result = pump(server_read, client_write, mode.clone(), severed) => result,
     }
 }
 
@@ -171,10 +206,12 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<ProxyMode>,
+    severed: Severed,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let read = from.read(&mut buffer).await?;
+        severed.hold_if_severed().await;
         if read == 0 {
             return to.shutdown().await;
         }

@@ -280,7 +280,14 @@ pub(crate) async fn start(
         }
     };
     driver.hooks().call(|hooks| hooks.on_connect());
-    let task = tokio::spawn(driver.run(session));
+    // The guard is made before the task first runs: a task dropped before
+    // it was ever polled (its runtime went away) ends the queues too.
+    let guard = EndGuard {
+        sink: driver.sink.clone(),
+        shared: shared.clone(),
+        stopped: false,
+    };
+    let task = tokio::spawn(driver.run(session, guard));
     Ok(DriverHandle {
         commands,
         shared,
@@ -342,12 +349,7 @@ impl Driver {
         &self.config.hooks
     }
 
-    async fn run(mut self, session: Session) {
-        let mut guard = EndGuard {
-            sink: self.sink.clone(),
-            shared: self.shared.clone(),
-            stopped: false,
-        };
+    async fn run(mut self, session: Session, mut guard: EndGuard) {
         self.serve(session).await;
         guard.stopped = true;
     }
