@@ -69,14 +69,13 @@ pub const DEFAULT_APPLICATION_NAME: &str = "pgorm-listener";
 /// The error a callback returns.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What an `on_connect` callback returns, boxed.
+pub(crate) type OnConnectFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
 /// A stored `on_connect` callback; `Debug` does not show it.
 #[derive(Clone)]
 pub(crate) struct OnConnect(
-    pub(crate)  Arc<
-        dyn Fn(ListenerSession) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
-            + Send
-            + Sync,
-    >,
+    pub(crate) Arc<dyn Fn(ListenerSession) -> OnConnectFuture + Send + Sync>,
 );
 
 impl std::fmt::Debug for OnConnect {
