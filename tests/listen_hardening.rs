@@ -487,7 +487,7 @@ async fn a_handle_changes_channels_from_another_task_while_one_receives() {
     within("listen from a handle", handle.listen(&channel))
         .await
         .unwrap();
-    assert_eq!(handle.channels(), [channel.clone()]);
+    assert_eq!(handle.channels(), [channel.as_str()]);
     send(&admin, &channel, "via handle").await;
     let (listener, notification) = within("the receiver", receiver).await.unwrap();
     assert_eq!(notification.payload, "via handle");
@@ -521,6 +521,9 @@ async fn listen_and_unlisten_sent_together_reach_the_server_in_order() {
             tokio::join!(listener.unlisten(&channel), listener.listen(&channel));
         listened.unwrap();
         unlistened.unwrap();
-        assert_eq!(listener.server_channels().await.unwrap(), [channel.clone()]);
+        assert_eq!(
+            listener.server_channels().await.unwrap(),
+            [channel.as_str()]
+        );
     }
 }
