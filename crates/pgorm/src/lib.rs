@@ -48,7 +48,7 @@
 //! |---|---|
 //! | `listen` | [`listen`]: LISTEN/NOTIFY — `PgListener` on a dedicated connection, `PgNotifyHub` fan-out, handlers, hooks, `notify` |
 //! | `json` | typed channels with JSON payloads (`listen::Channel`) |
-//! | `tracing` | connection events of listeners through `tracing` (payloads at trace level only) |
+//! | `tracing` | connection events of listeners through `tracing` (never payloads) |
 //! | `rustls` | [`tls`]: TLS through rustls with the ring provider |
 
 #![warn(missing_docs)]

@@ -28,6 +28,12 @@ pub enum QueuePolicy {
     /// longer than [`PgListenerConfig::block_timeout`] falls back to
     /// [`DropOldest`](QueuePolicy::DropOldest) until the consumer has drained
     /// half the queue.
+    ///
+    /// While a statement of the listener's own waits for its reply (a
+    /// `listen`/`unlisten` from the consumer, the health check), the listener
+    /// reads on even when blocked, so that the consumer can change its
+    /// channels with a full queue: notifications that arrive ahead of the
+    /// reply wait beyond the queue's capacity until the queue takes them.
     BlockProducer,
 }
 

@@ -27,7 +27,9 @@ use crate::listen::trace;
 /// attempt, then [`on_reconnect`](Self::on_reconnect) once every channel is
 /// listened to again.
 pub trait ListenerHooks: Send + Sync + 'static {
-    /// The first connection is up and listening.
+    /// The first connection is up and listening. (To run queries on every
+    /// new session before its notifications are handed out, use
+    /// [`PgListenerConfig::on_connect`](crate::listen::PgListenerConfig::on_connect).)
     fn on_connect(&self) {}
     /// The connection was lost; `cause` says why.
     fn on_disconnect(&self, cause: &OrmError) {

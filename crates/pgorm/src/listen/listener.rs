@@ -128,17 +128,22 @@ impl PgListener {
     /// # Errors
     /// [`OrmError::Config`] for an unparsable URL; [`OrmError::Connection`],
     /// [`OrmError::Socket`] or [`OrmError::Timeout`] when the first
-    /// connection cannot be opened (the first connection is not retried: a
-    /// wrong URL fails at once).
+    /// connection cannot be opened (by default the first connection is not
+    /// retried, so a wrong URL fails at once; see
+    /// [`PgListenerConfig::retry_first_connect`]).
     pub async fn connect(database_url: &str) -> OrmResult<PgListener> {
         Self::connect_with(database_url, PgListenerConfig::default()).await
     }
 
-    /// Connects without TLS, with `config`.
+    /// Connects without TLS, with `config`. Settings in the URL (such as
+    /// `application_name` or `connect_timeout`) stand unless `config` sets
+    /// them explicitly.
     ///
     /// # Errors
     /// As [`connect`](Self::connect), and [`OrmError::Validation`] for an
-    /// invalid setting or channel name in `config`.
+    /// invalid setting or channel name in `config`;
+    /// [`OrmError::Callback`] when the
+    /// [`on_connect`](PgListenerConfig::on_connect) callback failed.
     pub async fn connect_with(
         database_url: &str,
         config: PgListenerConfig,
