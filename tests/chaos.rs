@@ -1345,3 +1345,269 @@ async fn under_random_faults_every_notification_is_delivered_in_order_or_inside_
         problems.join("\n")
     );
 }
+
+// ---- a focused repeat of what the chaos found ---------------------------------
+
+/// Notifications that a reconnecting session reads while its `LISTEN` round
+/// trip runs must be counted like any other, by a listener and by a hub. A
+/// flood keeps notifications arriving while their backends are killed again
+/// and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_balance_when_notifications_arrive_while_a_reconnect_listens() {
+    let server = TestServer::spawn().unwrap();
+    let fast = |name: &str, hooks: &Arc<Counts>| {
+        PgListenerConfig::new()
+            .application_name(name)
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .hooks(hooks.clone())
+    };
+    let listener_hooks = Arc::new(Counts::default());
+    let mut listener = PgListener::connect_with(
+        &server.url(),
+        fast("flooded listener", &listener_hooks).channels(["flood"]),
+    )
+    .await
+    .unwrap();
+    let hub_hooks = Arc::new(Counts::default());
+    let hub = PgNotifyHub::connect_with(&server.url(), fast("flooded hub", &hub_hooks))
+        .await
+        .unwrap();
+    let mut subscription = hub.subscribe("flood").await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = tokio::spawn({
+        let (url, stop) = (server.url(), stop.clone());
+        async move {
+            let mut client = None;
+            while !stop.load(Ordering::Acquire) {
+                let Some(connected) = &client else {
+                    client = connect_direct(&url).await;
+                    continue;
+                };
+                let flood = connected.execute(
+                    "SELECT pg_notify('flood', n::text) FROM generate_series(1, 20) AS n",
+                    &[],
+                );
+                if flood.await.is_err() {
+                    client = None;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+
+    let admin = raw_client(&server.url()).await;
+    let listener_balances = |stats: ListenerStats| {
+        stats.received == stats.delivered + stats.queued as u64 + stats.dropped
+    };
+    let hub_balances = |stats: &pgorm::listen::HubStats| {
+        stats.received == stats.unrouted + stats.channels.iter().map(|c| c.received).sum::<u64>()
+    };
+    let mut listened = 0u64;
+    let mut subscribed = 0u64;
+    for generation in 1..=30 {
+        terminate_backends(&admin, "flooded listener").await;
+        terminate_backends(&admin, "flooded hub").await;
+        loop {
+            match next_event(&mut listener).await {
+                ListenerEvent::Notification(_) => listened += 1,
+                ListenerEvent::Reconnected { generation: seen } if seen == generation => break,
+                other => panic!("unexpected {other:?} before Reconnected {{ {generation} }}"),
+            }
+        }
+        loop {
+            let event = within("the subscription", subscription.next_event())
+                .await
+                .unwrap()
+                .unwrap();
+            match event {
+                ListenerEvent::Notification(_) => subscribed += 1,
+                ListenerEvent::Reconnected { generation: seen } if seen == generation => break,
+                other => panic!("unexpected {other:?} before Reconnected {{ {generation} }}"),
+            }
+        }
+        if !listener_balances(listener.stats()) && !hub_balances(&hub.stats()) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Release);
+    within("the flooder to stop", flooder).await.unwrap();
+    send(&admin, "flood", "last").await;
+    while next_notification(&mut listener).await.payload != "last" {
+        listened += 1;
+    }
+    listened += 1;
+    loop {
+        let notification = within("the subscription", subscription.next())
+            .await
+            .unwrap()
+            .unwrap();
+        subscribed += 1;
+        if notification.payload == "last" {
+            break;
+        }
+    }
+
+    let stats = listener.stats();
+    let hub_stats = hub.stats();
+    let mut problems = Vec::new();
+    if stats.delivered != listened || !listener_balances(stats) {
+        problems.push(format!(
+            "listener: {listened} seen; counters do not balance: {stats:?}"
+        ));
+    }
+    if listener_hooks.notifications.load(Ordering::Relaxed) != stats.delivered + stats.dropped {
+        problems.push(format!(
+            "listener: on_notification saw {} of {} notifications",
+            listener_hooks.notifications.load(Ordering::Relaxed),
+            stats.delivered + stats.dropped
+        ));
+    }
+    let channel = &hub_stats.channels[0];
+    if channel.delivered != subscribed
+        || channel.received != channel.delivered + channel.dropped
+        || !hub_balances(&hub_stats)
+    {
+        problems.push(format!(
+            "hub: {subscribed} seen; counters do not balance: {hub_stats:?}"
+        ));
+    }
+    if hub_hooks.notifications.load(Ordering::Relaxed) != channel.received {
+        problems.push(format!(
+            "hub: on_notification saw {} of {} notifications",
+            hub_hooks.notifications.load(Ordering::Relaxed),
+            channel.received
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "notifications read while a reconnect's LISTEN ran are not counted:\n{}",
+        problems.join("\n")
+    );
+}
+
+// ---- the check itself -----------------------------------------------------------
+
+/// `count` numbers on channel 0, all committed except `unknown`.
+fn published_with(count: u64, unknown: &[u64]) -> Vec<Vec<Outcome>> {
+    let mut channels = vec![Vec::new(); CHANNELS];
+    channels[0] = (0..count)
+        .map(|seq| {
+            if unknown.contains(&seq) {
+                Outcome::Unknown
+            } else {
+                Outcome::Committed
+            }
+        })
+        .collect();
+    channels
+}
+
+fn delivered_on_0(seq: u64) -> Entry {
+    Entry::Delivered { channel: 0, seq }
+}
+
+#[test]
+fn the_check_reports_a_gap_that_no_marker_announced() {
+    let log = [
+        Entry::Listened {
+            channel: 0,
+            floor: 0,
+        },
+        delivered_on_0(0),
+        delivered_on_0(1),
+        delivered_on_0(4),
+    ];
+    let problems = check_log(&log, &published_with(10, &[]));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("#2..=#3"), "{problems:?}");
+}
+
+#[test]
+fn the_check_accepts_a_gap_announced_by_a_marker_between_the_two_deliveries() {
+    for marker in [
+        Entry::Lagged { dropped: 2 },
+        Entry::Reconnected { generation: 1 },
+    ] {
+        let log = [
+            Entry::Listened {
+                channel: 0,
+                floor: 0,
+            },
+            delivered_on_0(0),
+            marker,
+            delivered_on_0(4),
+        ];
+        let problems = check_log(&log, &published_with(10, &[]));
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+}
+
+#[test]
+fn the_check_does_not_let_a_marker_excuse_a_later_gap() {
+    let log = [
+        Entry::Listened {
+            channel: 0,
+            floor: 0,
+        },
+        Entry::Lagged { dropped: 1 },
+        delivered_on_0(1),
+        delivered_on_0(3),
+    ];
+    let problems = check_log(&log, &published_with(10, &[]));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("#2"), "{problems:?}");
+}
+
+#[test]
+fn the_check_reports_repeats_backward_steps_and_numbers_never_sent() {
+    let log = [
+        Entry::Listened {
+            channel: 0,
+            floor: 0,
+        },
+        delivered_on_0(0),
+        delivered_on_0(0),
+        delivered_on_0(1),
+        Entry::Reconnected { generation: 1 },
+        delivered_on_0(0),
+        delivered_on_0(99),
+    ];
+    let problems = check_log(&log, &published_with(10, &[]));
+    assert_eq!(problems.len(), 3, "{problems:?}");
+}
+
+#[test]
+fn the_check_requires_only_what_was_sent_after_the_listen_and_committed() {
+    let published = published_with(10, &[6]);
+    let listened_at = |floor| Entry::Listened { channel: 0, floor };
+    // Numbers before the listen may be missing; #6 may or may not have
+    // committed.
+    assert!(check_log(&[listened_at(6), delivered_on_0(7)], &published).is_empty());
+    // #4 and #5 were sent after the listen and committed: they must come.
+    let problems = check_log(&[listened_at(4), delivered_on_0(7)], &published);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    // A listen again resets what is required; a marker before it excuses
+    // nothing after it.
+    let log = [
+        listened_at(0),
+        delivered_on_0(0),
+        Entry::Unlistened { channel: 0 },
+        Entry::Lagged { dropped: 1 },
+        listened_at(3),
+        delivered_on_0(4),
+    ];
+    let problems = check_log(&log, &published);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("#3"), "{problems:?}");
+    assert!(check_log(&[delivered_on_0(1)], &published)[0].contains("before any listen"));
+}
+
+#[test]
+fn the_check_reports_reconnect_generations_that_do_not_increase() {
+    let log = [
+        Entry::Reconnected { generation: 2 },
+        Entry::Reconnected { generation: 2 },
+    ];
+    assert_eq!(check_log(&log, &published_with(0, &[])).len(), 1);
+}
