@@ -197,7 +197,7 @@ async fn publish_next(
 /// Publishes on random channels, straight to the server (not through the
 /// proxy), until `stop`; reconnects after any failure.
 async fn run_publisher(url: String, ledger: Arc<Ledger>, stop: Arc<AtomicBool>, seed: u64) {
-    let mut rng = Rng(seed ^ 0x5eed_0f_9b1b_11e5);
+    let mut rng = Rng(seed ^ 0x005e_ed0f_9b1b_11e5);
     let mut client = None;
     while !stop.load(Ordering::Acquire) {
         let Some(connected) = &client else {
@@ -720,11 +720,11 @@ fn lagged(log: &[Entry]) -> u64 {
 
 fn last_generation(log: &[Entry]) -> u64 {
     log.iter()
-        .filter_map(|entry| match entry {
+        .rev()
+        .find_map(|entry| match entry {
             Entry::Reconnected { generation } => Some(*generation),
             _ => None,
         })
-        .last()
         .unwrap_or(0)
 }
 
@@ -758,6 +758,20 @@ const POLICIES: [QueuePolicy; 3] = [
     QueuePolicy::BlockProducer,
 ];
 
+const ALL_FAULTS: [Fault; 11] = [
+    Fault::KillBackend,
+    Fault::Restart,
+    Fault::Crash,
+    Fault::Blackhole,
+    Fault::Cut,
+    Fault::StallListener(0),
+    Fault::StallListener(1),
+    Fault::StallListener(2),
+    Fault::StallHub,
+    Fault::ChurnListener,
+    Fault::ChurnHub,
+];
+
 /// Every fault kind once per bag, in random order: each kind happens
 /// within the first bag, however the dice fall.
 struct Bag {
@@ -767,19 +781,7 @@ struct Bag {
 impl Bag {
     fn next(&mut self, rng: &mut Rng) -> Fault {
         if self.faults.is_empty() {
-            self.faults = vec![
-                Fault::KillBackend,
-                Fault::Restart,
-                Fault::Crash,
-                Fault::Blackhole,
-                Fault::Cut,
-                Fault::StallListener(0),
-                Fault::StallListener(1),
-                Fault::StallListener(2),
-                Fault::StallHub,
-                Fault::ChurnListener,
-                Fault::ChurnHub,
-            ];
+            self.faults = ALL_FAULTS.to_vec();
         }
         let index = rng.below(self.faults.len());
         self.faults.swap_remove(index)
@@ -1024,7 +1026,14 @@ async fn under_random_faults_every_notification_is_delivered_in_order_or_inside_
     let mut bag = Bag { faults: Vec::new() };
     let mut schedule = Vec::new();
     let chaos_started = Instant::now();
-    while chaos_started.elapsed() < chaos_for {
+    // Past the set time only while some kind of fault has not happened yet
+    // (a kill can find its target reconnecting), and never past a deadline.
+    let all_happened = |happened: &BTreeMap<Fault, u32>| {
+        ALL_FAULTS.iter().all(|fault| happened.contains_key(fault))
+    };
+    while chaos_started.elapsed() < chaos_for
+        || (!all_happened(&world.happened) && chaos_started.elapsed() < chaos_for + HANG)
+    {
         let fault = bag.next(&mut rng);
         let at = chaos_started.elapsed();
         let applied = world.apply(fault, &mut rng).await;
@@ -1302,19 +1311,7 @@ async fn under_random_faults_every_notification_is_delivered_in_order_or_inside_
         "faults: {:?}; blackholes seen by a health check: {}",
         world.happened, world.effective_blackholes
     ));
-    for fault in [
-        Fault::KillBackend,
-        Fault::Restart,
-        Fault::Crash,
-        Fault::Blackhole,
-        Fault::Cut,
-        Fault::StallListener(0),
-        Fault::StallListener(1),
-        Fault::StallListener(2),
-        Fault::StallHub,
-        Fault::ChurnListener,
-        Fault::ChurnHub,
-    ] {
+    for fault in ALL_FAULTS {
         if !world.happened.contains_key(&fault) {
             problems.push(format!("the fault {fault:?} never happened"));
         }
