@@ -12,7 +12,7 @@ use crate::client::{GenericClient, Params, RowStream, StreamingClient};
 use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
 use crate::pool::{build_pool, parse_url, PoolConfig};
-use crate::tap::PlainConnector;
+use crate::connect::PlainConnector;
 
 /// The recommended way to talk to PostgreSQL: a connection pool, plus what it
 /// takes to open dedicated connections with the same settings.

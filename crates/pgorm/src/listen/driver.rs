@@ -857,7 +857,11 @@ fn read_notifications(
         let polled = connection.poll_message(cx);
         // Notifications the connection's stream lifted out, already owned.
         if let Some(tap) = connection.tap() {
-            read += tap.drain(|lifted| {
+            // What is left of the budget; everything once the connection
+            // has ended, so that nothing lifted is lost.
+            let ended = matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))));
+            let budget = if ended { usize::MAX } else { limit - read };
+            read += tap.drain(budget, |lifted| {
                 into.push_back(ListenerEvent::Notification(PgNotification {
                     process_id: lifted.process_id,
                     channel: lifted.channel,
@@ -886,7 +890,9 @@ fn read_notifications(
                 let error = OrmError::closed("the server closed the listener's connection");
                 return (read, Some(error));
             }
-            Poll::Pending => return (read, None),
+            Poll::Pending if read < limit => return (read, None),
+            // The tap holds more than the budget took: come back for it.
+            Poll::Pending => {}
         }
     }
     // The limit was reached with more to read: come back after the

@@ -25,7 +25,7 @@ use crate::listen::hooks::HookSlot;
 use crate::listen::listener::{server_channels, skip_markers};
 use crate::listen::queue::{Pushed, QueueCounters};
 use crate::pool::parse_url;
-use crate::tap::PlainConnector;
+use crate::connect::PlainConnector;
 use crate::PgClient;
 
 /// Fans one dedicated connection out to many subscribers in this process.

@@ -18,7 +18,7 @@ use crate::listen::driver::{self, ChannelCommand, Command, DriverShared};
 use crate::listen::event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
 use crate::listen::queue::{EventQueue, Receiver};
 use crate::pool::parse_url;
-use crate::tap::PlainConnector;
+use crate::connect::PlainConnector;
 use crate::PgClient;
 
 /// Receives PostgreSQL notifications on a dedicated connection.
