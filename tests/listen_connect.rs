@@ -73,7 +73,10 @@ async fn sslmode_require_on_a_plain_listener_fails_at_once_with_the_tls_error() 
         !matches!(error, OrmError::Timeout { .. }),
         "expected the TLS error, got {error:?}"
     );
-    assert!(error.is_connection(), "expected a connection error: {error:?}");
+    assert!(
+        error.is_connection(),
+        "expected a connection error: {error:?}"
+    );
 }
 
 #[tokio::test]
@@ -166,10 +169,7 @@ async fn a_read_only_url_refuses_a_writable_server() {
 
 #[tokio::test]
 async fn a_random_load_balanced_url_connects_and_delivers() {
-    let url = format!(
-        "{}?load_balance_hosts=random",
-        TestServer::shared().url()
-    );
+    let url = format!("{}?load_balance_hosts=random", TestServer::shared().url());
     let channel = unique("load_balanced");
     let mut listener = within(
         "a load-balanced listener",

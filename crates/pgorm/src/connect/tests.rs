@@ -10,7 +10,11 @@ const HANG: Duration = Duration::from_secs(30);
 /// Listens on a channel, notifies it `payloads` from the same session,
 /// and returns what came through the tap and how many notifications
 /// `poll_message` yielded instead.
-async fn notify_self(connector: &dyn Connector, url: &str, payloads: &[String]) -> (Vec<String>, usize) {
+async fn notify_self(
+    connector: &dyn Connector,
+    url: &str,
+    payloads: &[String],
+) -> (Vec<String>, usize) {
     let config: Config = url.parse().unwrap();
     let (client, mut connection) = connector.connect(&config).await.unwrap();
     assert!(connection.tap().is_some(), "the connection carries a tap");

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, Socket};
 
+use crate::connect::PlainConnector;
 use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult, ValidationError};
 use crate::listen::channel::validate_channel;
@@ -25,7 +26,6 @@ use crate::listen::hooks::HookSlot;
 use crate::listen::listener::{server_channels, skip_markers};
 use crate::listen::queue::{Pushed, QueueCounters};
 use crate::pool::parse_url;
-use crate::connect::PlainConnector;
 use crate::PgClient;
 
 /// Fans one dedicated connection out to many subscribers in this process.

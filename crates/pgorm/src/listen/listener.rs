@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, Socket};
 
+use crate::connect::PlainConnector;
 use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::validate_channel;
@@ -18,7 +19,6 @@ use crate::listen::driver::{self, ChannelCommand, Command, DriverShared};
 use crate::listen::event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
 use crate::listen::queue::{EventQueue, Receiver};
 use crate::pool::parse_url;
-use crate::connect::PlainConnector;
 use crate::PgClient;
 
 /// Receives PostgreSQL notifications on a dedicated connection.

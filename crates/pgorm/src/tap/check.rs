@@ -6,8 +6,8 @@
 //! (`crates/pgorm/fuzz`), which includes this file by path; so it names
 //! the tap only as `crate::tap`.
 
-use std::io;
 use std::cell::Cell;
+use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;

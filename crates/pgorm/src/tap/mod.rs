@@ -298,7 +298,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for TapStream<S> {
             let result = Pin::new(&mut this.inner).poll_read(cx, &mut read_buf);
             let read = read_buf.filled().len();
             this.buffer.truncate(filled + read);
-            debug_assert!(this.buffer.len() <= MAX_BUFFERED, "the tap buffers too much");
+            debug_assert!(
+                this.buffer.len() <= MAX_BUFFERED,
+                "the tap buffers too much"
+            );
             match result {
                 Poll::Pending => {
                     this.hand_over();

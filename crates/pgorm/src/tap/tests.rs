@@ -101,7 +101,11 @@ fn the_one_byte_answer_to_an_ssl_request_passes_through_unframed() {
         };
         let (passed, lifted_ones) = run_tap(&client, &server, &pieces);
         assert_eq!(passed, expected, "chunk {chunk}");
-        assert_eq!(lifted_ones, [lifted(3, "after_n", "lifted")], "chunk {chunk}");
+        assert_eq!(
+            lifted_ones,
+            [lifted(3, "after_n", "lifted")],
+            "chunk {chunk}"
+        );
     }
 }
 
@@ -126,7 +130,10 @@ fn after_the_server_accepts_encryption_everything_passes_through() {
 #[test]
 fn one_read_forwards_every_whole_message_that_fits() {
     let mut bytes = message(b'Z', b"I");
-    bytes.extend(message(b'T', b"\0\x01id\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0"));
+    bytes.extend(message(
+        b'T',
+        b"\0\x01id\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
+    ));
     for row in 0..3u8 {
         bytes.extend(message(b'D', &[0, 1, 0, 0, 0, 1, b'0' + row]));
         bytes.extend(notification(5, "between", "rows"));

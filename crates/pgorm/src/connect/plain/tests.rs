@@ -28,8 +28,14 @@ async fn the_socket_gets_the_urls_tcp_user_timeout_and_keepalive_settings() {
         Some(Duration::from_secs(7))
     );
     assert!(socket.keepalive().unwrap());
-    assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(11));
-    assert_eq!(socket.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
+    assert_eq!(
+        socket.tcp_keepalive_time().unwrap(),
+        Duration::from_secs(11)
+    );
+    assert_eq!(
+        socket.tcp_keepalive_interval().unwrap(),
+        Duration::from_secs(3)
+    );
     assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
 }
 
@@ -64,8 +70,12 @@ fn only_what_the_tap_path_honours_exactly_is_tapped() {
     assert!(!tapped("postgres://u@db1,db2/app"));
     assert!(!tapped("host=db port=5432,5433 user=u"));
     assert!(!tapped("hostaddr=127.0.0.1,127.0.0.2 user=u"));
-    assert!(!tapped("postgres://u@db/app?target_session_attrs=read-write"));
-    assert!(!tapped("postgres://u@db/app?target_session_attrs=read-only"));
+    assert!(!tapped(
+        "postgres://u@db/app?target_session_attrs=read-write"
+    ));
+    assert!(!tapped(
+        "postgres://u@db/app?target_session_attrs=read-only"
+    ));
     assert!(!tapped("postgres://u@db/app?load_balance_hosts=random"));
     assert!(!tapped("user=u"));
 }
