@@ -254,7 +254,7 @@ fn text(max_chars: usize) -> impl Strategy<Value = String> {
             .prop_map(|chars| chars.into_iter().map(|c| if c == '\0' { '·' } else { c }).collect()),
         1 => (0..=max_chars, any::<char>()).prop_map(move |(count, c)| {
             let c = if c == '\0' { 'é' } else { c };
-            let mut text: String = std::iter::repeat(c).take(count).collect();
+            let mut text: String = std::iter::repeat_n(c, count).collect();
             while text.len() > max_chars {
                 text.pop();
             }
