@@ -231,3 +231,23 @@ async fn a_tls_listener_receives_bursts_and_the_largest_payloads_in_order() {
     assert_eq!(stats.received, BURST as u64 + largest.len() as u64);
     listener.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tls_connector_with_sslmode_disable_delivers_over_the_plain_socket() {
+    // tokio-postgres keeps the raw socket, which the TLS tap never sees:
+    // notifications then come from tokio-postgres itself.
+    let (url, tls) = tls_url_and_connector();
+    let url = url.replace("sslmode=require", "sslmode=disable");
+    let channel = unique("tls_disabled");
+    let mut listener = within(
+        "a TLS-capable listener told not to use TLS",
+        PgListener::connect_with_tls(url.parse().unwrap(), tls, listener_config(&channel)),
+    )
+    .await
+    .unwrap();
+    let publisher = publisher().await;
+    for payload in ["", "plain", &"q".repeat(7999)] {
+        send(&publisher, &channel, payload).await;
+        assert_eq!(next_notification(&mut listener).await.payload, payload);
+    }
+}
