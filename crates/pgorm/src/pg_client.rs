@@ -9,10 +9,10 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, NoTls, Row, Socket, Statement};
 
 use crate::client::{GenericClient, Params, RowStream, StreamingClient};
+use crate::connect::PlainConnector;
 use crate::connect::{describe_target, Connector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
 use crate::pool::{build_pool, parse_url, PoolConfig};
-use crate::tap::PlainConnector;
 
 /// The recommended way to talk to PostgreSQL: a connection pool, plus what it
 /// takes to open dedicated connections with the same settings.

@@ -673,3 +673,71 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(url: &str, config: PgListenerConfig) -> Config {
+        let mut pg_config: Config = url.parse().unwrap();
+        apply_defaults(&mut pg_config, &config);
+        pg_config
+    }
+
+    #[test]
+    fn a_url_setting_stands_unless_the_config_sets_it() {
+        let url = "postgres://u@h/d?application_name=from_url&connect_timeout=3";
+        let from_url = applied(url, PgListenerConfig::new());
+        assert_eq!(from_url.get_application_name(), Some("from_url"));
+        assert_eq!(
+            from_url.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
+
+        let config = PgListenerConfig::new()
+            .application_name("from_config")
+            .connect_timeout(Duration::from_secs(7));
+        let from_config = applied(url, config);
+        assert_eq!(from_config.get_application_name(), Some("from_config"));
+        assert_eq!(
+            from_config.get_connect_timeout(),
+            Some(&Duration::from_secs(7))
+        );
+
+        let neither = applied("postgres://u@h/d", PgListenerConfig::new());
+        assert_eq!(
+            neither.get_application_name(),
+            Some(DEFAULT_APPLICATION_NAME)
+        );
+        assert_eq!(
+            neither.get_connect_timeout(),
+            Some(&DEFAULT_CONNECT_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn keepalives_tuned_in_the_url_stand_and_untuned_ones_get_the_listener_defaults() {
+        let tuned = applied(
+            "postgres://u@h/d?keepalives_idle=30&keepalives_interval=2",
+            PgListenerConfig::new(),
+        );
+        assert_eq!(tuned.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(
+            tuned.get_keepalives_interval(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(tuned.get_keepalives_retries(), None);
+
+        let off = applied("postgres://u@h/d?keepalives=0", PgListenerConfig::new());
+        assert!(!off.get_keepalives());
+        assert_eq!(off.get_keepalives_interval(), None);
+
+        let untuned = applied("postgres://u@h/d", PgListenerConfig::new());
+        assert_eq!(untuned.get_keepalives_idle(), Duration::from_secs(10));
+        assert_eq!(
+            untuned.get_keepalives_interval(),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(untuned.get_keepalives_retries(), Some(3));
+    }
+}

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, Socket};
 
-use crate::connect::{describe_target, Connector, TlsConnector};
+use crate::connect::{describe_target, Connector, PlainConnector, TlsConnector};
 use crate::error::{OrmError, OrmResult, ValidationError};
 use crate::listen::channel::validate_channel;
 use crate::listen::config::{PgListenerConfig, QueuePolicy};
@@ -26,7 +26,6 @@ use crate::listen::listener::{server_channels, skip_markers};
 use crate::listen::queue::QueueCounters;
 use crate::listen::sink::{Dropped, Pushed, Sink};
 use crate::pool::parse_url;
-use crate::tap::PlainConnector;
 use crate::PgClient;
 
 /// Fans one dedicated connection out to many subscribers in this process.

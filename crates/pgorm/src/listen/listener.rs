@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, Socket};
 
-use crate::connect::{describe_target, Connector, TlsConnector};
+use crate::connect::{describe_target, Connector, PlainConnector, TlsConnector};
 use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::validate_channel;
 use crate::listen::config::PgListenerConfig;
@@ -20,7 +20,6 @@ use crate::listen::event::{ListenerEvent, ListenerState, ListenerStats, PgNotifi
 use crate::listen::hooks::HookSlot;
 use crate::listen::queue::{Counts, EventQueue, Receiver};
 use crate::pool::parse_url;
-use crate::tap::PlainConnector;
 use crate::PgClient;
 
 /// Receives PostgreSQL notifications on a dedicated connection.

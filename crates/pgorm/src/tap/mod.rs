@@ -1,0 +1,362 @@
+//! Reading notifications without copying them twice. tokio-postgres parses
+//! every `NotificationResponse` into strings of its own and lends them out
+//! only as `&str`, so a listener that wants owned strings must copy them.
+//! [`TapStream`] sits in the byte stream of the connection instead: it lifts
+//! notification messages out as they are read, building the listener's
+//! strings straight from the bytes, and passes every other byte through
+//! untouched.
+//!
+//! The tap is a pure byte filter; [`crate::connect`] decides where it goes
+//! (under a plain socket's connection, or above a TLS stream).
+//!
+//! # What it lifts, and when
+//! - During startup it passes everything through as it comes. It watches
+//!   what the client writes: an `SSLRequest` or `GSSENCRequest` (the first
+//!   eight bytes of a session: int32 8, then 80877103 or 80877104) is
+//!   answered by one unframed byte, which it passes on; after an `S` or `G`
+//!   the stream is encrypted and the tap passes everything through for
+//!   good. Otherwise the server's bytes are framed messages from there on.
+//! - It lifts `NotificationResponse` messages only once the first
+//!   `ReadyForQuery` has passed; one that comes earlier is forwarded, so
+//!   tokio-postgres treats it as it would without the tap.
+//! - A notification it cannot take apart exactly as tokio-postgres would
+//!   (not UTF-8, unterminated, trailing bytes, or larger than any server
+//!   sends) is forwarded, and the connection reports it or yields it as
+//!   usual. A message with an impossible length makes the tap pass the rest
+//!   of the stream through untouched, for the connection to report. The tap
+//!   itself never fails but for errors of the stream beneath.
+//! - Each read forwards as many whole messages as fit in the caller's
+//!   buffer, lifting the notifications between them; what it buffers is
+//!   bounded (one read plus at most one notification).
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, TlsStream};
+
+/// A notification lifted out of the byte stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TappedNotification {
+    pub(crate) process_id: i32,
+    pub(crate) channel: String,
+    pub(crate) payload: String,
+    pub(crate) received_at: SystemTime,
+}
+
+/// Where a [`TapStream`] leaves the notifications it lifts out, until the
+/// driver takes them (after each poll of the connection).
+#[derive(Debug, Default)]
+pub(crate) struct NotificationTap {
+    lifted: Mutex<VecDeque<TappedNotification>>,
+}
+
+impl NotificationTap {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<TappedNotification>> {
+        self.lifted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands at most `limit` lifted notifications to `each`, oldest first,
+    /// and returns how many it handed over; the rest wait for the next call.
+    pub(crate) fn drain(&self, limit: usize, each: impl FnMut(TappedNotification)) -> usize {
+        let mut lifted = self.lock();
+        let count = lifted.len().min(limit);
+        lifted.drain(..count).for_each(each);
+        count
+    }
+}
+
+/// The backend message type of `NotificationResponse`.
+const NOTIFICATION_RESPONSE: u8 = b'A';
+/// The backend message type of `ReadyForQuery`: the first one ends startup.
+const READY_FOR_QUERY: u8 = b'Z';
+/// The request codes of `SSLRequest` and `GSSENCRequest`, which the server
+/// answers with a single unframed byte.
+const SSL_REQUEST_CODE: u32 = 80_877_103;
+const GSSENC_REQUEST_CODE: u32 = 80_877_104;
+/// Bytes read from the stream beneath at a time. Small enough that a
+/// blocked `BlockProducer` listener holds at most a few hundred
+/// notifications beyond its queue (what one read lifts), as large as
+/// tokio-postgres' own reads.
+const READ_SIZE: usize = 8 * 1024;
+/// The largest notification message the tap lifts. A server sends at most
+/// a block's worth (8000-byte payloads with the default 8 kB block, about
+/// 32 kB with the largest); anything larger is forwarded rather than
+/// buffered.
+pub(crate) const MAX_LIFTED: usize = 64 * 1024;
+/// The most the tap ever buffers: an incomplete notification and one read.
+const MAX_BUFFERED: usize = MAX_LIFTED + READ_SIZE;
+
+/// A stream that removes `NotificationResponse` messages from what the
+/// server sends, handing them to a [`NotificationTap`].
+pub(crate) struct TapStream<S> {
+    inner: S,
+    tap: Arc<NotificationTap>,
+    /// Bytes read from `inner`; `buffer[start..]` are not handled yet.
+    buffer: Vec<u8>,
+    start: usize,
+    /// Bytes of the current (forwarded) message still to forward.
+    forwarding: usize,
+    /// Single-byte replies to `SSLRequest`/`GSSENCRequest` still to come.
+    replies_due: u32,
+    /// The first `ReadyForQuery` has passed: notifications are lifted.
+    ready: bool,
+    /// Everything from here on passes through untouched (encrypted, broken
+    /// framing, or the end of the stream).
+    transparent: bool,
+    /// `inner` reported the end of the stream.
+    ended: bool,
+    /// What the client wrote so far of its next startup packet, while it
+    /// may still be a request answered by a single byte.
+    client_header: [u8; 8],
+    client_header_len: u8,
+    /// The client has sent its startup message: no more requests to watch.
+    client_started: bool,
+    lifted: Vec<TappedNotification>,
+}
+
+impl<S> TapStream<S> {
+    pub(crate) fn new(inner: S, tap: Arc<NotificationTap>) -> Self {
+        TapStream {
+            inner,
+            tap,
+            buffer: Vec::with_capacity(READ_SIZE),
+            start: 0,
+            forwarding: 0,
+            replies_due: 0,
+            ready: false,
+            transparent: false,
+            ended: false,
+            client_header: [0; 8],
+            client_header_len: 0,
+            client_started: false,
+            lifted: Vec::new(),
+        }
+    }
+
+    /// Notes what the client wrote while it may still be sending requests
+    /// that the server answers with a single byte.
+    fn observe_written(&mut self, mut written: &[u8]) {
+        while !self.client_started && !written.is_empty() {
+            let have = usize::from(self.client_header_len);
+            let take = (8 - have).min(written.len());
+            self.client_header[have..have + take].copy_from_slice(&written[..take]);
+            self.client_header_len += take as u8;
+            written = &written[take..];
+            if self.client_header_len == 8 {
+                let word = |at: usize| {
+                    u32::from_be_bytes([
+                        self.client_header[at],
+                        self.client_header[at + 1],
+                        self.client_header[at + 2],
+                        self.client_header[at + 3],
+                    ])
+                };
+                if word(0) == 8 && matches!(word(4), SSL_REQUEST_CODE | GSSENC_REQUEST_CODE) {
+                    self.replies_due = self.replies_due.saturating_add(1);
+                    self.client_header_len = 0;
+                } else {
+                    self.client_started = true;
+                }
+            }
+        }
+    }
+
+    /// Forwards as much of the buffered bytes as fit in `out`, lifting the
+    /// notifications among them. Stops when `out` is full or when the next
+    /// step needs bytes not read yet.
+    fn process(&mut self, out: &mut ReadBuf<'_>, received_at: SystemTime) {
+        loop {
+            let pending = &self.buffer[self.start..];
+            if pending.is_empty() || out.remaining() == 0 {
+                return;
+            }
+            if self.forwarding > 0 || self.transparent {
+                let wanted = if self.transparent {
+                    pending.len()
+                } else {
+                    self.forwarding
+                };
+                let count = wanted.min(pending.len()).min(out.remaining());
+                out.put_slice(&pending[..count]);
+                self.start += count;
+                if !self.transparent {
+                    self.forwarding -= count;
+                }
+                continue;
+            }
+            if self.replies_due > 0 {
+                // The one-byte answer to an SSLRequest or GSSENCRequest.
+                let reply = pending[0];
+                out.put_slice(&pending[..1]);
+                self.start += 1;
+                self.replies_due -= 1;
+                if matches!(reply, b'S' | b'G') {
+                    self.transparent = true;
+                }
+                continue;
+            }
+            if pending.len() < 5 {
+                return;
+            }
+            let kind = pending[0];
+            let length = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]);
+            if !(4..=i32::MAX as u32).contains(&length) {
+                // No message has this length: the framing is lost. Pass the
+                // rest on for the connection to report.
+                self.transparent = true;
+                continue;
+            }
+            let total = 1 + length as usize;
+            if kind == NOTIFICATION_RESPONSE && self.ready && total <= MAX_LIFTED {
+                if pending.len() < total {
+                    return;
+                }
+                if let Some(notification) = parse_notification(&pending[5..total], received_at) {
+                    self.lifted.push(notification);
+                    self.start += total;
+                    continue;
+                }
+            }
+            if kind == READY_FOR_QUERY {
+                self.ready = true;
+            }
+            self.forwarding = total;
+        }
+    }
+
+    fn hand_over(&mut self) {
+        if !self.lifted.is_empty() {
+            self.tap.lock().extend(self.lifted.drain(..));
+        }
+    }
+}
+
+/// `process_id`, channel and payload of a `NotificationResponse` body, if
+/// it is exactly what tokio-postgres accepts: two NUL-terminated UTF-8
+/// strings after the process id, and nothing after them.
+fn parse_notification(body: &[u8], received_at: SystemTime) -> Option<TappedNotification> {
+    let process_id = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    let rest = &body[4..];
+    let channel_end = rest.iter().position(|byte| *byte == 0)?;
+    let payload = &rest[channel_end + 1..];
+    let payload_end = payload.iter().position(|byte| *byte == 0)?;
+    if payload_end + 1 != payload.len() {
+        return None;
+    }
+    let channel = std::str::from_utf8(&rest[..channel_end]).ok()?;
+    let payload = std::str::from_utf8(&payload[..payload_end]).ok()?;
+    Some(TappedNotification {
+        process_id,
+        channel: channel.to_owned(),
+        payload: payload.to_owned(),
+        received_at,
+    })
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TapStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if out.remaining() == 0 {
+            // Nothing can be forwarded: reading now would only buffer.
+            return Poll::Ready(Ok(()));
+        }
+        let this = &mut *self;
+        let before = out.filled().len();
+        let received_at = SystemTime::now();
+        let mut reads = 0;
+        loop {
+            this.process(out, received_at);
+            if out.filled().len() > before || this.ended {
+                this.hand_over();
+                return Poll::Ready(Ok(()));
+            }
+            // Everything buffered is handled (or incomplete): read more. After
+            // one read that gave the connection nothing, let the driver take
+            // what was lifted before reading on.
+            if reads == 1 {
+                this.hand_over();
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if this.start > 0 {
+                this.buffer.drain(..this.start);
+                this.start = 0;
+            }
+            let filled = this.buffer.len();
+            this.buffer.resize(filled + READ_SIZE, 0);
+            let mut read_buf = ReadBuf::new(&mut this.buffer[filled..]);
+            let result = Pin::new(&mut this.inner).poll_read(cx, &mut read_buf);
+            let read = read_buf.filled().len();
+            this.buffer.truncate(filled + read);
+            debug_assert!(
+                this.buffer.len() <= MAX_BUFFERED,
+                "the tap buffers too much"
+            );
+            match result {
+                Poll::Pending => {
+                    this.hand_over();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(error)) => {
+                    this.hand_over();
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Ready(Ok(())) if read == 0 => {
+                    // End of stream: pass on any incomplete message as it is
+                    // (the connection reports the error), then the end.
+                    this.ended = true;
+                    this.transparent = true;
+                }
+                Poll::Ready(Ok(())) => reads += 1,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TapStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, data);
+        if !this.client_started {
+            if let Poll::Ready(Ok(written)) = result {
+                this.observe_written(&data[..written.min(data.len())]);
+            }
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Above a TLS stream the tap is the connection's TLS stream: channel
+/// binding is the stream's beneath.
+impl<S: TlsStream + Unpin> TlsStream for TapStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        self.inner.channel_binding()
+    }
+}
+
+#[cfg(test)]
+mod check;
+#[cfg(test)]
+mod tests;
