@@ -299,3 +299,73 @@ async fn review_ending_the_earlier_backend_kills_a_live_session_behind_a_session
         causes.lock().unwrap()
     );
 }
+
+// ---------------------------------------------------------------------------
+// REVIEW FINDING 3: a multi-host URL never fails over past a first host
+// that does not answer. libpq (and tokio-postgres) apply `connect_timeout`
+// to EACH host in turn; pgorm copies the same value (the URL's, or its 10 s
+// default written into the config by `apply_defaults`) into the bound of the
+// WHOLE opening (session.rs:269, `tokio::time::timeout(timeout,
+// connect_and_listen)`), so the outer timer fires when tokio-postgres gives
+// up on the first host, before the second is even tried.
+// ---------------------------------------------------------------------------
+
+/// A loopback port whose SYNs go unanswered (its accept queue is full), as
+/// a dead host's would.
+async fn unanswering_port() -> (tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fillers = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+                    std::future::pending::<()>().await;
+                    drop(stream);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (listener, fillers, port)
+}
+
+#[tokio::test]
+async fn review_a_multi_host_url_fails_over_past_a_dead_first_host_as_tokio_postgres_does() {
+    let (_stuck, fillers, stuck_port) = unanswering_port().await;
+    let server = TestServer::shared();
+    let url = format!(
+        "postgres://{SUPERUSER}:{}@127.0.0.1:{stuck_port},127.0.0.1:{}/postgres?connect_timeout=2",
+        server.password(),
+        server.port()
+    );
+    // The control: tokio-postgres gives the dead host 2 s, then connects
+    // to the second.
+    let started = std::time::Instant::now();
+    let raw = within("tokio-postgres connect", tokio_postgres::connect(&url, tokio_postgres::NoTls)).await;
+    let raw_took = started.elapsed();
+    assert!(raw.is_ok(), "control: tokio-postgres failed over: {:?}", raw.err());
+    drop(raw);
+
+    let channel = unique("review_failover");
+    let started = std::time::Instant::now();
+    let listener = within(
+        "listener connect",
+        PgListener::connect_with(&url, PgListenerConfig::new().channels([channel.as_str()])),
+    )
+    .await;
+    let took = started.elapsed();
+    for filler in fillers {
+        filler.abort();
+    }
+    match listener {
+        Ok(listener) => {
+            listener.close().await.ok();
+        }
+        Err(error) => panic!(
+            "tokio-postgres connected through the second host in {raw_took:?}; \
+             the listener gave up after {took:?}: {error}"
+        ),
+    }
+}
