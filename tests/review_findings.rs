@@ -369,3 +369,38 @@ async fn review_a_multi_host_url_fails_over_past_a_dead_first_host_as_tokio_post
         ),
     }
 }
+
+// ---------------------------------------------------------------------------
+// REVIEW FINDING 6 (low): a `ListenerSession` kept by the `on_connect`
+// callback (it is `'static` and owns an `Arc<Client>`, nothing says it must
+// not outlive the call) keeps the listener's `Client` alive, so
+// `Session::close` (session.rs:197, "with the last client gone, the
+// connection sends Terminate") waits its full 5 s and `close()` reports a
+// timeout for a healthy connection.
+// ---------------------------------------------------------------------------
+#[tokio::test]
+async fn review_close_is_clean_when_on_connect_kept_its_session() {
+    let kept = Arc::new(std::sync::Mutex::new(None));
+    let config = {
+        let kept = kept.clone();
+        PgListenerConfig::new().on_connect(move |session: pgorm::listen::ListenerSession| {
+            let kept = kept.clone();
+            async move {
+                // e.g. to run a reload later on the same session
+                *kept.lock().unwrap() = Some(session);
+                Ok::<_, pgorm::OrmError>(())
+            }
+        })
+    };
+    let listener = PgListener::connect_with(&TestServer::shared().url(), config)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let closed = within("close", listener.close()).await;
+    let took = started.elapsed();
+    assert!(
+        closed.is_ok() && took < Duration::from_secs(2),
+        "close of a healthy listener took {took:?} and returned {closed:?}"
+    );
+    drop(kept);
+}
