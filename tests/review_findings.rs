@@ -404,3 +404,50 @@ async fn review_close_is_clean_when_on_connect_kept_its_session() {
     );
     drop(kept);
 }
+
+// ---------------------------------------------------------------------------
+// REVIEW FINDING 4: with BlockProducer, a consumer's own listen() on a dead
+// path waits for `block_timeout` (here 120 s), not for the health check. The
+// health check is "paused" whenever the sink is blocked
+// (driver.rs:622 `paused = self.blocked.is_some()`; health.rs:110 pushes a
+// running check's deadline back and starts none), even while the driver is
+// reading on for a statement of its own (driver.rs:592). So nothing notices
+// that the reply will never come.
+// ---------------------------------------------------------------------------
+#[tokio::test]
+async fn review_a_block_producer_listen_on_a_dead_path_returns_within_the_health_check() {
+    let server = TestServer::shared();
+    let proxy = FaultProxy::start(server.port()).await.unwrap();
+    let channel = unique("review_dead_block");
+    let other = unique("review_dead_block_other");
+    let config = PgListenerConfig::new()
+        .channels([channel.as_str()])
+        .queue_capacity(10)
+        .queue_policy(QueuePolicy::BlockProducer)
+        .block_timeout(Duration::from_secs(120))
+        .health_check(Duration::from_millis(200), Duration::from_millis(500))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect_timeout(Duration::from_secs(2));
+    let listener = PgListener::connect_with(&proxy.url_for(&server.url()), config)
+        .await
+        .unwrap();
+    let admin = raw_client(&server.url()).await;
+    flood(&admin, &channel, 0, 1000).await;
+    eventually("the queue to fill", || async {
+        listener.stats().queued == 10
+    })
+    .await;
+    // The path dies (no FIN, no RST), then the consumer changes channels.
+    proxy.sever_open_connections();
+    let started = std::time::Instant::now();
+    let listened =
+        tokio::time::timeout(Duration::from_secs(10), listener.listen(&other)).await;
+    assert!(
+        listened.is_ok(),
+        "listen() on a BlockProducer listener whose path died was still waiting after \
+         {:?}; the health check (500 ms) never ended the dead session: state {:?}, {:?}",
+        started.elapsed(),
+        listener.state(),
+        listener.stats()
+    );
+}
