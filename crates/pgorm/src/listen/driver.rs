@@ -715,6 +715,23 @@ mod tests {
         );
     }
 
+    /// REVIEW FINDING 5 (fails on d853d1c): a `keepalives_idle` the URL
+    /// gives explicitly is overridden when its value happens to equal
+    /// tokio-postgres' default (2 h): `apply_defaults` tells "untuned" by
+    /// comparing values, not by whether the URL said anything.
+    #[test]
+    fn review_a_url_keepalives_idle_equal_to_the_default_still_stands() {
+        let explicit = applied(
+            "postgres://u@h/d?keepalives_idle=7200",
+            PgListenerConfig::new(),
+        );
+        assert_eq!(
+            explicit.get_keepalives_idle(),
+            Duration::from_secs(7200),
+            "the URL said keepalives_idle=7200"
+        );
+    }
+
     #[test]
     fn keepalives_tuned_in_the_url_stand_and_untuned_ones_get_the_listener_defaults() {
         let tuned = applied(
