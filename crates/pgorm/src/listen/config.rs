@@ -60,6 +60,7 @@ pub struct PgListenerConfig {
     /// Set explicitly; else the URL's, else `"pgorm-listener"`.
     pub(crate) application_name: Option<String>,
     pub(crate) retry_first_connect: bool,
+    pub(crate) end_abandoned_backends: bool,
     pub(crate) on_connect: Option<OnConnect>,
     pub(crate) hooks: HookSlot,
 }
@@ -149,6 +150,7 @@ impl Default for PgListenerConfig {
             connect_timeout: None,
             application_name: None,
             retry_first_connect: false,
+            end_abandoned_backends: true,
             on_connect: None,
             hooks: HookSlot::default(),
         }
@@ -186,8 +188,10 @@ impl PgListenerConfig {
         self
     }
 
-    /// With [`QueuePolicy::BlockProducer`], how long the listener may stop
-    /// reading before it falls back to dropping the oldest (default 30 s).
+    /// With [`QueuePolicy::BlockProducer`], how long a full queue may go
+    /// without the consumer taking anything before the listener falls back
+    /// to dropping the oldest (default 30 s). A consumer that keeps taking,
+    /// however slowly, restarts the wait.
     #[must_use]
     pub fn block_timeout(mut self, timeout: Duration) -> Self {
         self.block_timeout = timeout;
@@ -265,6 +269,22 @@ impl PgListenerConfig {
     #[must_use]
     pub fn retry_first_connect(mut self, retry: bool) -> Self {
         self.retry_first_connect = retry;
+        self
+    }
+
+    /// Whether, after the health check gave a session up and a new one is
+    /// up, the listener ends the old session's backend if the server still
+    /// has it (default `true`). A path that died without a FIN or RST leaves
+    /// the backend alive for as long as the server's own keepalives allow
+    /// (hours by default), holding its `LISTEN`s and pinning the cluster's
+    /// notification queue. The backend is matched by process id, start time,
+    /// and an idle state unchanged since before the check failed; ending it
+    /// needs the right to signal it (the same role, or `pg_signal_backend`).
+    /// Turn it off when the listener connects through a session-mode pooler,
+    /// which hands a backend on to other clients.
+    #[must_use]
+    pub fn end_abandoned_backends(mut self, end: bool) -> Self {
+        self.end_abandoned_backends = end;
         self
     }
 

@@ -13,6 +13,9 @@ use crate::error::OrmError;
 use crate::listen::driver::DriverShared;
 use crate::listen::session::{OperationKind, Session};
 
+/// The operation a missed health check reports as timed out.
+pub(super) const HEALTH_CHECK: &str = "listener health check";
+
 /// Where a session's health check stands.
 pub(super) enum Health {
     /// Waiting for the next check.
@@ -72,7 +75,7 @@ impl HealthCheck {
             Health::Checking(deadline) => {
                 if deadline.as_mut().poll(cx).is_ready() {
                     return Some(OrmError::Timeout {
-                        operation: "listener health check",
+                        operation: HEALTH_CHECK,
                         after: self.timeout,
                     });
                 }

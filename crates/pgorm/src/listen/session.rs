@@ -100,19 +100,26 @@ impl Session {
         });
     }
 
-    /// Ends the backend of an earlier session if it still lives (a session
-    /// given up by the health check can linger on the server for hours,
-    /// holding its `LISTEN` registrations and pinning the cluster's
-    /// notification queue). Best effort: nobody waits for it.
-    pub(super) fn terminate(&mut self, earlier: Backend) {
+    /// Ends the backend of an earlier session that the health check gave up,
+    /// if it still lives (it can linger on the server for hours, holding its
+    /// `LISTEN` registrations and pinning the cluster's notification queue).
+    /// Matched by process id and start time, never this session's own, and
+    /// only while idle since before its check went unanswered (the check
+    /// was sent at least `check_timeout` ago; half of that leaves room for
+    /// the way there), so that a backend some pooler handed on to a busy
+    /// client is left alone. Best effort: nobody waits for it.
+    pub(super) fn terminate(&mut self, earlier: Backend, check_timeout: Duration) {
         let client = self.client.clone();
+        let quiet_for = check_timeout.as_secs_f64() / 2.0;
         self.operations.push(Operation {
             future: Box::pin(async move {
                 let ended = client
                     .query(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE pid = $1 AND backend_start = $2::text::timestamptz",
-                        &[&earlier.pid, &earlier.started],
+                         WHERE pid = $1 AND backend_start = $2::text::timestamptz \
+                         AND pid <> pg_backend_pid() AND state = 'idle' \
+                         AND state_change < now() - make_interval(secs => $3)",
+                        &[&earlier.pid, &earlier.started, &quiet_for],
                     )
                     .await;
                 match ended {
@@ -194,6 +201,12 @@ impl Session {
             ..
         } = self;
         // With the last client gone, the connection sends Terminate and ends.
+        // A client still held elsewhere (an `on_connect` callback that kept
+        // its session) would keep it open: then the socket is closed as it
+        // is, which the server takes as the end of the session too.
+        if Arc::strong_count(&client) > 1 {
+            return unlistened;
+        }
         drop(client);
         let goodbye = tokio::time::timeout(
             timeout,
@@ -243,8 +256,9 @@ pub(super) struct Opening {
     pub(super) connector: Arc<dyn Connector>,
     pub(super) pg_config: Config,
     pub(super) shared: Arc<DriverShared>,
-    /// Bounds connecting and listening, and separately the `on_connect`
-    /// callback.
+    /// `connect_timeout`: bounds each host's attempt (in the connection
+    /// settings, as libpq does), the `LISTEN` round trip, and separately the
+    /// `on_connect` callback.
     pub(super) timeout: Duration,
     pub(super) health_interval: Duration,
     pub(super) on_connect: Option<OnConnect>,
@@ -262,13 +276,15 @@ pub(super) struct Opened {
 /// the first session), each step within the timeout.
 pub(super) async fn open_session(opening: Arc<Opening>, generation: u64) -> OrmResult<Opened> {
     let timeout = opening.timeout;
-    let timed_out = |operation| OrmError::Timeout {
-        operation,
-        after: timeout,
-    };
-    let mut opened = tokio::time::timeout(timeout, connect_and_listen(&opening))
+    let timed_out = |operation, after| OrmError::Timeout { operation, after };
+    // The timeout applies to each host in turn (tokio-postgres moves on to
+    // the next when one does not answer), so the whole opening may take one
+    // timeout per host, and one more for logging in and listening.
+    let hosts = opening.pg_config.get_hosts().len().max(1) as u32;
+    let opening_limit = timeout.saturating_mul(hosts + 1);
+    let mut opened = tokio::time::timeout(opening_limit, connect_and_listen(&opening))
         .await
-        .map_err(|_| timed_out("connect"))??;
+        .map_err(|_| timed_out("connect", opening_limit))??;
     if let Some(on_connect) = &opening.on_connect {
         let context = ListenerSession::new(opened.session.client.clone(), generation);
         // On a task of its own: a panic, even in the synchronous part of
@@ -279,7 +295,7 @@ pub(super) async fn open_session(opening: Arc<Opening>, generation: u64) -> OrmR
         let outcome =
             tokio::time::timeout(timeout, drive(session.connection.as_mut(), early, call))
                 .await
-                .map_err(|_| timed_out("on_connect"))??;
+                .map_err(|_| timed_out("on_connect", timeout))??;
         outcome.map_err(|source| OrmError::Callback {
             callback: "on_connect",
             source,
@@ -288,7 +304,7 @@ pub(super) async fn open_session(opening: Arc<Opening>, generation: u64) -> OrmR
         // the session hands out anything.
         tokio::time::timeout(timeout, catch_up(&opening.shared, &mut opened))
             .await
-            .map_err(|_| timed_out("connect"))??;
+            .map_err(|_| timed_out("connect", timeout))??;
     }
     Ok(opened)
 }
