@@ -134,11 +134,8 @@ fn hooks_that_read_stats_and_make_or_drop_subscriptions_do_not_deadlock_the_hub(
         });
         let hub = hooked_hub(&unique("reentrant_app"), hooks.clone()).await;
         *hooks.hub.lock().unwrap() = Some(hub.clone());
-        hooks
-            .held
-            .lock()
-            .unwrap()
-            .push(hub.subscribe(&spare).await.unwrap());
+        let held = hub.subscribe(&spare).await.unwrap();
+        hooks.held.lock().unwrap().push(held);
         let mut small = hub
             .subscribe_with(&channel, 1, QueuePolicy::DropOldest)
             .await
