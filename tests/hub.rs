@@ -525,6 +525,12 @@ async fn typed_events_round_trip_and_a_malformed_payload_does_not_end_the_stream
         within("typed", events.next_event()).await.unwrap().unwrap(),
         TypedEvent::Message(shipped)
     );
+    let stats = events.stats();
+    assert_eq!(
+        (stats.received, stats.delivered, stats.queued, stats.dropped),
+        (3, 3, 0, 0),
+        "the malformed payload was delivered (as an error)"
+    );
     assert!(Channel::<OrderEvent>::new("").is_err());
     let huge = OrderEvent {
         order_id: 1,

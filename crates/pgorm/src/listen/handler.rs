@@ -351,7 +351,8 @@ impl PgNotifyHub {
     /// The wait covers handlers registered through any clone of the hub;
     /// handlers whose guard was dropped are already cancelled. The timeout
     /// starts once the hub is closed (closing has its own bounds, as
-    /// [`close`](Self::close)).
+    /// [`close`](Self::close)). A handler call that awaits `shutdown` waits
+    /// for itself: it is cancelled at the deadline.
     ///
     /// # Errors
     /// [`OrmError::Timeout`] (operation `"hub shutdown"`) when handlers were
