@@ -85,11 +85,7 @@ pub(crate) struct HookSlot {
 
 impl std::fmt::Debug for HookSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.hooks.is_some() {
-            "Some(..)"
-        } else {
-            "None"
-        })
+        f.write_str(if self.hooks.is_some() { "Some(..)" } else { "None" })
     }
 }
 
