@@ -251,6 +251,53 @@ async fn the_first_subscription_listens_and_dropping_the_last_unlistens() {
 }
 
 #[tokio::test]
+async fn subscriptions_racing_on_a_new_channel_each_return_listening() {
+    let channel = unique("racing");
+    let hub = hub().await;
+    let (first, second) = tokio::join!(hub.subscribe(&channel), hub.subscribe(&channel));
+    let (mut first, mut second) = (first.unwrap(), second.unwrap());
+    // No wait: each subscribe returned after its own LISTEN was acknowledged.
+    client().await.notify(&channel, "both").await.unwrap();
+    assert_eq!(next_of(&mut first).await.payload, "both");
+    assert_eq!(next_of(&mut second).await.payload, "both");
+}
+
+#[tokio::test]
+async fn a_subscription_made_while_reconnecting_is_listened_to_by_the_reconnect() {
+    let server = TestServer::shared();
+    let proxy = FaultProxy::start(server.port()).await.unwrap();
+    let config =
+        PgListenerConfig::new().backoff(Duration::from_millis(20), Duration::from_millis(100));
+    let hub = PgNotifyHub::connect_with(&proxy.url_for(&server.url()), config)
+        .await
+        .unwrap();
+    proxy.set_mode(ProxyMode::Refuse);
+    proxy.cut_all();
+    eventually("the hub to reconnect", || async {
+        hub.state() == pgorm::listen::ListenerState::Reconnecting
+    })
+    .await;
+    let channel = unique("while_reconnecting");
+    // Returns at once: nothing is sent while the connection is down.
+    let mut subscription = within("subscribe", hub.subscribe(&channel)).await.unwrap();
+    proxy.set_mode(ProxyMode::Pass);
+    let marker = within("the marker", subscription.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(marker, ListenerEvent::Reconnected { .. }),
+        "{marker:?}"
+    );
+    assert_eq!(
+        hub.server_channels().await.unwrap(),
+        std::slice::from_ref(&channel)
+    );
+    client().await.notify(&channel, "listened").await.unwrap();
+    assert_eq!(next_of(&mut subscription).await.payload, "listened");
+}
+
+#[tokio::test]
 async fn subscribers_keep_receiving_across_a_backend_kill_with_the_marker_in_order() {
     let channel = unique("hub_kill");
     let name = unique("hub_app");
@@ -477,6 +524,12 @@ async fn typed_events_round_trip_and_a_malformed_payload_does_not_end_the_stream
     assert_eq!(
         within("typed", events.next_event()).await.unwrap().unwrap(),
         TypedEvent::Message(shipped)
+    );
+    let stats = events.stats();
+    assert_eq!(
+        (stats.received, stats.delivered, stats.queued, stats.dropped),
+        (3, 3, 0, 0),
+        "the malformed payload was delivered (as an error)"
     );
     assert!(Channel::<OrderEvent>::new("").is_err());
     let huge = OrderEvent {

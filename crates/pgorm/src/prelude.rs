@@ -1,12 +1,19 @@
 //! What an application uses every day: `use pgorm::prelude::*;`.
+//!
+//! With the `listen` feature it also brings in what the LISTEN/NOTIFY guides
+//! use: the listener, the hub and its subscriptions, handlers, hooks,
+//! publishing, and (with `json`) typed channels.
 
 pub use crate::client::{GenericClient, RowStream, StreamingClient};
 pub use crate::error::{OrmError, OrmResult, ValidationError};
 #[cfg(feature = "listen")]
 pub use crate::listen::{
-    notify, ListenerEvent, ListenerState, ListenerStats, PgListener, PgListenerConfig,
-    PgNotification, QueuePolicy,
+    notify, notify_batch, ChannelStats, HandlerGuard, HandlerOptions, HandlerStats, HubStats,
+    ListenerEvent, ListenerHooks, ListenerState, ListenerStats, NotificationBatch, PgListener,
+    PgListenerConfig, PgNotification, PgNotifyHub, QueuePolicy, Subscription, SubscriptionStats,
 };
+#[cfg(feature = "json")]
+pub use crate::listen::{Channel, TypedEvent, TypedSubscription};
 pub use crate::pg_client::{PgClient, PgTransaction};
 pub use crate::pool::PoolConfig;
 pub use tokio_postgres::Row;

@@ -5,7 +5,12 @@
 //! not one per notification.
 //!
 //! Policies are the drop policies only (hubs refuse `BlockProducer`); a drop
-//! shortens a batch and puts a `Lagged` marker where the gap is.
+//! shortens a batch and puts a `Lagged` marker where the gap is. Markers are
+//! merged as in the listener's queue, so they stay bounded however often the
+//! connection flaps while a subscriber is stuck.
+//!
+//! Nothing here wakes a consumer: pushes return the waker, and the router
+//! wakes it once it holds no lock.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -16,7 +21,8 @@ use crate::error::{OrmError, OrmResult};
 use crate::listen::config::QueuePolicy;
 use crate::listen::event::{ListenerEvent, PgNotification};
 use crate::listen::queue::{
-    first_notification, mark_gap, Consumer, QueueCounters, Taken, TAKE_AT_ONCE,
+    first_notification, mark_gap, merge_markers_at_front, push_marker, Consumer, Counts,
+    QueueCounters, Taken, TAKE_AT_ONCE,
 };
 
 /// Consecutive notifications of one channel, with no gap between them,
@@ -85,9 +91,14 @@ impl std::fmt::Debug for NotificationBatch {
 type Item = ListenerEvent<NotificationBatch>;
 
 /// The queue between the hub's router and one subscription.
+///
+/// Its counters live under its lock with the items, so that a snapshot
+/// always balances: `received == delivered + queued + dropped`. The
+/// channel's totals (shared by every subscription of the channel) are
+/// changed under the same lock.
 pub(crate) struct FanoutQueue {
     state: Mutex<State>,
-    counters: Arc<QueueCounters>,
+    channel: Arc<QueueCounters>,
 }
 
 struct State {
@@ -95,24 +106,44 @@ struct State {
     /// Notifications in `items` (markers do not count against the
     /// capacity).
     queued: usize,
+    /// Notifications offered to this queue.
+    received: u64,
+    /// Notifications the consumer took.
+    delivered: u64,
+    /// Notifications the policy dropped.
+    dropped: u64,
     capacity: usize,
     policy: QueuePolicy,
     consumer: Consumer,
 }
 
+/// What a push did: the router wakes `consumer` and reports `dropped`
+/// once it holds no lock.
+#[must_use]
+pub(crate) struct Pushed {
+    /// Notifications the policy dropped.
+    pub(crate) dropped: u64,
+    /// The consumer to wake, if it waits.
+    pub(crate) consumer: Option<Waker>,
+}
+
 impl FanoutQueue {
-    /// A queue with a drop `policy` (the hub refuses `BlockProducer`).
-    pub(crate) fn new(capacity: usize, policy: QueuePolicy, counters: Arc<QueueCounters>) -> Self {
+    /// A queue with a drop `policy` (the hub refuses `BlockProducer`);
+    /// `channel` holds the totals of the channel's subscriptions.
+    pub(crate) fn new(capacity: usize, policy: QueuePolicy, channel: Arc<QueueCounters>) -> Self {
         debug_assert!(policy != QueuePolicy::BlockProducer);
         FanoutQueue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 queued: 0,
+                received: 0,
+                delivered: 0,
+                dropped: 0,
                 capacity,
                 policy,
                 consumer: Consumer::new(),
             }),
-            counters,
+            channel,
         }
     }
 
@@ -123,38 +154,36 @@ impl FanoutQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `batch` by the policy and wakes the consumer. Returns how many
-    /// notifications were dropped.
-    pub(crate) fn push(&self, batch: &NotificationBatch) -> u64 {
+    /// Queues `batch` by the policy. Wakes nobody: the caller wakes the
+    /// returned consumer once it holds no lock.
+    pub(crate) fn push(&self, batch: &NotificationBatch) -> Pushed {
         let mut state = self.lock();
         let dropped = state.offer(batch);
-        self.after_push(state, dropped)
+        state.received += batch.len() as u64;
+        state.dropped += dropped;
+        if dropped > 0 {
+            self.channel.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        Pushed {
+            dropped,
+            consumer: state.consumer.take_waker(),
+        }
     }
 
-    /// Queues a `Reconnected` marker; consecutive ones merge into the newest.
-    pub(crate) fn push_reconnected(&self, generation: u64) {
+    /// Queues a `Reconnected` marker, merged with the markers before it (see
+    /// [`push_marker`]). Returns the consumer to wake.
+    pub(crate) fn push_reconnected(&self, generation: u64) -> Option<Waker> {
         let mut state = self.lock();
-        match state.items.back_mut() {
-            Some(ListenerEvent::Reconnected { generation: last }) => *last = generation,
-            _ => state
-                .items
-                .push_back(ListenerEvent::Reconnected { generation }),
-        }
-        self.after_push(state, 0);
+        push_marker(&mut state.items, ListenerEvent::Reconnected { generation });
+        state.consumer.take_waker()
     }
 
     /// Ends the stream: the consumer gets what is queued, then `error` (if
-    /// any), then `None`.
-    pub(crate) fn finish(&self, error: Option<OrmError>) {
+    /// any), then `None`. Returns the consumer to wake.
+    pub(crate) fn finish(&self, error: Option<OrmError>) -> Option<Waker> {
         let mut state = self.lock();
         state.consumer.finish(error);
-        self.after_push(state, 0);
-    }
-
-    fn after_push(&self, mut state: std::sync::MutexGuard<'_, State>, dropped: u64) -> u64 {
-        let consumer = state.consumer.take_waker();
-        drop(state);
-        self.counters.pushed(consumer, dropped)
+        state.consumer.take_waker()
     }
 
     /// Moves items into the consumer's buffer under one lock, until about
@@ -176,17 +205,27 @@ impl FanoutQueue {
             into.push_back(item);
         }
         state.queued -= moved;
-        drop(state);
-        self.counters
+        state.delivered += moved as u64;
+        self.channel
             .delivered
             .fetch_add(moved as u64, Ordering::Relaxed);
         Taken::Some(moved)
     }
 
-    /// (delivered, dropped, queued).
-    fn counts(&self) -> (u64, u64, usize) {
-        let queued = self.lock().queued;
-        self.counters.with_queued(queued)
+    /// The queue's counters, in one snapshot.
+    fn counts(&self) -> Counts {
+        let state = self.lock();
+        Counts {
+            received: state.received,
+            delivered: state.delivered,
+            dropped: state.dropped,
+            queued: state.queued,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().items.len()
     }
 }
 
@@ -235,20 +274,21 @@ impl State {
     }
 
     fn mark_lagged_at_back(&mut self, count: usize) {
-        match self.items.back_mut() {
-            Some(ListenerEvent::Lagged { dropped }) => *dropped += count as u64,
-            _ => self.items.push_back(ListenerEvent::Lagged {
+        push_marker(
+            &mut self.items,
+            ListenerEvent::Lagged {
                 dropped: count as u64,
-            }),
-        }
+            },
+        );
     }
 
     /// Removes the `count` oldest notifications, marking each gap where it
-    /// is (after any marker queued before it).
+    /// is (after any marker queued before it), then merges the markers that
+    /// the removal joined, so that they stay bounded.
     fn drop_oldest(&mut self, mut count: usize) {
         while count > 0 {
             let Some(index) = first_notification(&self.items) else {
-                return;
+                break;
             };
             let ListenerEvent::Notification(batch) = &mut self.items[index] else {
                 unreachable!("found a notification batch at {index}");
@@ -262,6 +302,7 @@ impl State {
             self.queued -= dropped;
             mark_gap(&mut self.items, index, dropped as u64);
         }
+        merge_markers_at_front(&mut self.items);
     }
 }
 
@@ -377,11 +418,13 @@ impl FanoutReceiver {
         self.next(None)
     }
 
-    /// (delivered, dropped, queued), counting what this receiver holds as
-    /// queued, not delivered.
-    pub(crate) fn counts(&self) -> (u64, u64, usize) {
-        let (taken, dropped, queued) = self.queue.counts();
-        (taken - self.held as u64, dropped, queued + self.held)
+    /// The queue's counters, counting what this receiver holds as queued,
+    /// not delivered (so they still balance).
+    pub(crate) fn counts(&self) -> Counts {
+        let mut counts = self.queue.counts();
+        counts.delivered -= self.held as u64;
+        counts.queued += self.held;
+        counts
     }
 }
 
@@ -408,6 +451,22 @@ mod tests {
         Arc::new(FanoutQueue::new(capacity, policy, Arc::default()))
     }
 
+    /// Pushes `batch` and returns how many were dropped.
+    fn push(queue: &FanoutQueue, batch: &NotificationBatch) -> u64 {
+        queue.push(batch).dropped
+    }
+
+    /// (delivered, dropped, queued), after checking that they add up to
+    /// what was received.
+    fn triple(counts: Counts) -> (u64, u64, usize) {
+        assert_eq!(
+            counts.received,
+            counts.delivered + counts.dropped + counts.queued as u64,
+            "{counts:?}"
+        );
+        (counts.delivered, counts.dropped, counts.queued)
+    }
+
     fn describe(event: ListenerEvent<Arc<PgNotification>>) -> String {
         match event {
             ListenerEvent::Notification(n) => n.payload.clone(),
@@ -429,49 +488,54 @@ mod tests {
     #[test]
     fn drop_oldest_keeps_the_newest_and_marks_the_gap_before_them() {
         let queue = queue(3, QueuePolicy::DropOldest);
-        assert_eq!(queue.push(&batch(&["1", "2"])), 0);
-        assert_eq!(queue.push(&batch(&["3", "4", "5"])), 2);
-        assert_eq!(queue.push(&batch(&["6"])), 1);
+        assert_eq!(push(&queue, &batch(&["1", "2"])), 0);
+        assert_eq!(push(&queue, &batch(&["3", "4", "5"])), 2);
+        assert_eq!(push(&queue, &batch(&["6"])), 1);
         let mut receiver = FanoutReceiver::new(queue.clone());
         assert_eq!(drain(&mut receiver), ["L3", "4", "5", "6"]);
-        assert_eq!(receiver.counts(), (3, 3, 0));
+        assert_eq!(triple(receiver.counts()), (3, 3, 0));
     }
 
     #[test]
     fn drop_oldest_with_a_batch_larger_than_the_queue_keeps_its_newest() {
         let queue = queue(2, QueuePolicy::DropOldest);
-        queue.push(&batch(&["1"]));
-        queue.push_reconnected(1);
-        assert_eq!(queue.push(&batch(&["2", "3", "4", "5"])), 3);
+        push(&queue, &batch(&["1"]));
+        let _ = queue.push_reconnected(1);
+        assert_eq!(push(&queue, &batch(&["2", "3", "4", "5"])), 3);
         let mut receiver = FanoutReceiver::new(queue);
         // "1" before the reconnect, "2" and "3" after it.
         assert_eq!(drain(&mut receiver), ["L1", "R1", "L2", "4", "5"]);
+        assert_eq!(triple(receiver.counts()), (2, 3, 0));
     }
 
     #[test]
     fn drop_newest_keeps_the_oldest_and_marks_the_gap_after_them() {
         let queue = queue(2, QueuePolicy::DropNewest);
-        assert_eq!(queue.push(&batch(&["1", "2", "3"])), 1);
-        assert_eq!(queue.push(&batch(&["4"])), 1);
+        assert_eq!(push(&queue, &batch(&["1", "2", "3"])), 1);
+        assert_eq!(push(&queue, &batch(&["4"])), 1);
         let mut receiver = FanoutReceiver::new(queue.clone());
         assert_eq!(drain(&mut receiver), ["1", "2", "L2"]);
-        queue.push(&batch(&["5"]));
+        push(&queue, &batch(&["5"]));
         assert_eq!(drain(&mut receiver), ["5"]);
-        assert_eq!(receiver.counts(), (3, 2, 0));
+        assert_eq!(triple(receiver.counts()), (3, 2, 0));
     }
 
     #[test]
     fn batches_and_single_notifications_read_the_same_queue_in_order() {
         let queue = queue(8, QueuePolicy::DropOldest);
-        queue.push(&batch(&["1", "2", "3"]));
-        queue.push_reconnected(1);
-        queue.push_reconnected(2);
-        queue.push(&batch(&["4"]));
+        push(&queue, &batch(&["1", "2", "3"]));
+        let _ = queue.push_reconnected(1);
+        let _ = queue.push_reconnected(2);
+        push(&queue, &batch(&["4"]));
         let mut receiver = FanoutReceiver::new(queue);
         let mut seen = Vec::new();
         let first = receiver.try_next().unwrap().unwrap().unwrap();
         seen.push(describe(first));
-        assert_eq!(receiver.counts(), (1, 0, 3), "taken, not returned: queued");
+        assert_eq!(
+            triple(receiver.counts()),
+            (1, 0, 3),
+            "taken, not returned: queued"
+        );
         while let Some(Some(Ok(event))) = receiver.next_batch(None) {
             seen.push(match event {
                 ListenerEvent::Notification(batch) => {
@@ -482,6 +546,61 @@ mod tests {
             });
         }
         assert_eq!(seen, ["1", "23", "R2", "4"]);
-        assert_eq!(receiver.counts(), (4, 0, 0));
+        assert_eq!(triple(receiver.counts()), (4, 0, 0));
+    }
+
+    #[test]
+    fn pushes_hand_back_the_waiting_consumer_instead_of_waking_it() {
+        let queue = queue(4, QueuePolicy::DropOldest);
+        let mut receiver = FanoutReceiver::new(queue.clone());
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(receiver.poll_next(&mut cx).is_pending());
+        let pushed = queue.push(&batch(&["1"]));
+        assert!(!woken.0.load(Ordering::SeqCst), "not woken by the push");
+        pushed.consumer.expect("the waiting consumer").wake();
+        assert!(woken.0.load(Ordering::SeqCst));
+        assert!(receiver.poll_next(&mut cx).is_ready());
+        assert!(receiver.poll_next(&mut cx).is_pending());
+        assert!(queue.push_reconnected(1).is_some());
+        assert!(queue.finish(None).is_none(), "the consumer was taken");
+    }
+
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn markers_stay_bounded_when_the_connection_flaps_while_the_consumer_is_stuck() {
+        let queue = queue(2, QueuePolicy::DropOldest);
+        push(&queue, &batch(&["1", "2"]));
+        for generation in 1..=1000 {
+            let _ = queue.push_reconnected(generation);
+            push(&queue, &batch(&["x", "y"]));
+        }
+        assert!(queue.len() <= 2 * 3 + 2, "markers merge: {}", queue.len());
+        let mut receiver = FanoutReceiver::new(queue);
+        assert_eq!(drain(&mut receiver), ["L2000", "R1000", "x", "y"]);
+        assert_eq!(triple(receiver.counts()), (2, 2000, 0));
+    }
+
+    #[test]
+    fn markers_stay_bounded_under_drop_newest_too() {
+        let queue = queue(2, QueuePolicy::DropNewest);
+        push(&queue, &batch(&["1", "2"]));
+        for generation in 1..=1000 {
+            let _ = queue.push_reconnected(generation);
+            push(&queue, &batch(&["x", "y"]));
+        }
+        assert!(queue.len() <= 2 + 3, "markers merge: {}", queue.len());
+        let mut receiver = FanoutReceiver::new(queue);
+        assert_eq!(drain(&mut receiver), ["1", "2", "L1998", "R1000", "L2"]);
+        assert_eq!(triple(receiver.counts()), (2, 2000, 0));
     }
 }

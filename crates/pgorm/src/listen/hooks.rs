@@ -48,8 +48,10 @@ pub trait ListenerHooks: Send + Sync + 'static {
     fn on_notification(&self, notification: &PgNotification) {
         let _ = notification;
     }
-    /// A queue policy dropped `dropped` notifications (`channel` is known for
-    /// a hub subscription).
+    /// A queue policy dropped `dropped` notifications. For a listener,
+    /// `channel` is `None`; for a hub, it names the channel, and one call
+    /// covers what that channel's subscriptions dropped of one batch, summed
+    /// over them.
     fn on_drop(&self, channel: Option<&str>, dropped: u64) {
         let _ = (channel, dropped);
     }

@@ -18,9 +18,10 @@ use crate::connect::{describe_target, Connector, PlainConnector, TlsConnector};
 use crate::error::{OrmError, OrmResult, ValidationError};
 use crate::listen::channel::validate_channel;
 use crate::listen::config::{PgListenerConfig, QueuePolicy};
-use crate::listen::driver::{self, ChannelCommand, Command, DriverShared};
+use crate::listen::driver::{self, ended_abnormally, ChannelCommand, Command, DriverShared};
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
 use crate::listen::fanout::{FanoutQueue, FanoutReceiver, NotificationBatch};
+use crate::listen::handler::Handlers;
 use crate::listen::hooks::HookSlot;
 use crate::listen::listener::{server_channels, skip_markers};
 use crate::listen::queue::QueueCounters;
@@ -32,15 +33,32 @@ use crate::PgClient;
 ///
 /// Cheap to clone; clones share the connection. Each [`Subscription`] has
 /// its own bounded queue and policy, so a slow subscriber never delays or
-/// drops notifications for another. The first subscription of a channel
-/// sends `LISTEN`; when the last one is dropped, the hub sends `UNLISTEN`.
-/// Reconnects, health checks and hooks are the listener's
-/// ([`PgListenerConfig`]); every subscription gets the `Reconnected`
-/// marker in order with its notifications.
+/// drops notifications for another. Reconnects, health checks and hooks are
+/// the listener's ([`PgListenerConfig`]); every subscription gets the
+/// `Reconnected` marker in order with its notifications.
 ///
-/// The connection closes when [`close`](Self::close) is called, or when the
-/// last clone of the hub is dropped (subscriptions keep receiving until
-/// then: they hold no reference to the hub's connection).
+/// # Channels
+///
+/// The hub listens to every channel that has at least one subscription.
+/// Each [`subscribe`](Self::subscribe) sends its own `LISTEN` and returns
+/// once the server has acknowledged it (a `LISTEN` on a channel already
+/// listened to changes nothing on the server), so two subscriptions racing
+/// on a new channel both return listening. While the hub is reconnecting,
+/// `subscribe` returns at once and the reconnect listens to the channel;
+/// such a subscription then receives the `Reconnected` marker first. When
+/// the last subscription of a channel is dropped, the hub sends `UNLISTEN`
+/// in the background (not if a new subscription of the channel came first);
+/// notifications of the channel that arrive before it takes effect are
+/// counted as [`unrouted`](HubStats::unrouted).
+///
+/// # Closing
+///
+/// The connection closes when [`close`](Self::close) or
+/// [`shutdown`](Self::shutdown) is called, or when the last clone of the hub
+/// is dropped (subscriptions and handler guards hold no reference that
+/// keeps it open). Then every subscription receives what was queued, then
+/// the end; handlers finish as [`HandlerGuard`](crate::listen::HandlerGuard)
+/// says.
 ///
 /// ```
 /// use pgorm::listen::PgNotifyHub;
@@ -69,6 +87,8 @@ struct HubInner {
     shared: Arc<DriverShared>,
     router: Arc<Router>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The dispatchers of the handlers registered on this hub.
+    handlers: Handlers,
     target: String,
 }
 
@@ -82,7 +102,11 @@ impl std::fmt::Debug for PgNotifyHub {
     }
 }
 
-/// Counters of one channel of a hub.
+/// Counters of one channel of a hub, from [`PgNotifyHub::stats`].
+/// `delivered` and `dropped` add up over every subscription the channel has
+/// had, so they do not balance with `received` (each notification is
+/// received once and delivered or dropped once per subscriber): each
+/// subscription's own [`SubscriptionStats`] do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChannelStats {
@@ -100,19 +124,46 @@ pub struct ChannelStats {
     pub dropped: u64,
 }
 
-/// Counters of a hub.
+/// Counters of a hub, from [`PgNotifyHub::stats`]. Every snapshot
+/// balances: `received == routed + unrouted`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct HubStats {
     /// Notifications read from the connection.
     pub received: u64,
+    /// Notifications handed to a channel with at least one subscription
+    /// (counted once, however many subscriptions the channel has; see
+    /// [`ChannelStats`] and [`SubscriptionStats`] for what each subscriber
+    /// did with them).
+    pub routed: u64,
     /// Notifications that arrived for a channel with no subscription left
     /// (its `UNLISTEN` was still on the way).
     pub unrouted: u64,
     /// Completed reconnects.
     pub reconnects: u64,
+    /// Calls of the [`ListenerHooks`](crate::listen::ListenerHooks) that
+    /// panicked (contained: the hub went on), handler hooks included.
+    pub hook_panics: u64,
     /// Per channel with at least one subscription, sorted by name.
     pub channels: Vec<ChannelStats>,
+}
+
+/// Counters of one [`Subscription`], from [`Subscription::stats`]. Every
+/// snapshot balances: `received == delivered + queued + dropped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SubscriptionStats {
+    /// Notifications the hub routed to this subscription.
+    pub received: u64,
+    /// Notifications the subscription has returned (from `next`,
+    /// `next_event`, `next_batch`, `try_next_event` or the `Stream`).
+    pub delivered: u64,
+    /// Notifications its queue policy discarded (announced by `Lagged`
+    /// markers).
+    pub dropped: u64,
+    /// Notifications waiting: in the queue, or taken from it by the
+    /// subscription but not yet returned.
+    pub queued: usize,
 }
 
 impl PgNotifyHub {
@@ -173,16 +224,7 @@ impl PgNotifyHub {
         }
         check_policy(config.queue_policy)?;
         let target = describe_target(&pg_config);
-        let router = Arc::new(Router {
-            routes: Mutex::new(HashMap::new()),
-            received: AtomicU64::new(0),
-            reconnects: watch::channel(0).0,
-            unrouted: AtomicU64::new(0),
-            finished: Mutex::new(None),
-            hooks: config.hooks.clone(),
-            capacity: config.queue_capacity,
-            policy: config.queue_policy,
-        });
+        let router = Arc::new(Router::new(&config));
         let handle = driver::start(connector, pg_config, config, router.clone()).await?;
         Ok(PgNotifyHub {
             inner: Arc::new(HubInner {
@@ -190,18 +232,26 @@ impl PgNotifyHub {
                 shared: handle.shared,
                 router,
                 task: Mutex::new(Some(handle.task)),
+                handlers: Handlers::new(),
                 target,
             }),
         })
     }
 
     /// Subscribes to `channel` with the hub's default queue capacity and
-    /// policy. Returns once the hub's session listens to the channel (at
-    /// once while it is reconnecting: the reconnect listens to it).
+    /// policy. Sends `LISTEN` and returns once the server has acknowledged
+    /// it, so every notification committed on `channel` after that is
+    /// delivered; while the hub is reconnecting it returns at once, and the
+    /// reconnect listens to the channel before its `Reconnected` marker.
     ///
     /// # Errors
     /// [`OrmError::Validation`] for an invalid channel name;
-    /// [`OrmError::Closed`] after the hub has stopped.
+    /// [`OrmError::Closed`] after the hub has stopped; the server's error if
+    /// it refused the `LISTEN`.
+    ///
+    /// # Cancel safety
+    /// If cancelled, no subscription is made; the hub's session may listen
+    /// to the channel until it notices (an `UNLISTEN` follows).
     pub async fn subscribe(&self, channel: &str) -> OrmResult<Subscription> {
         let router = &self.inner.router;
         self.subscribe_with(channel, router.capacity, router.policy)
@@ -267,25 +317,40 @@ impl PgNotifyHub {
         self.inner.router.hooks.clone()
     }
 
-    /// Counters of the hub and of each subscribed channel.
+    pub(crate) fn handlers(&self) -> &Handlers {
+        &self.inner.handlers
+    }
+
+    /// Counters of the hub and of each subscribed channel, in one snapshot:
+    /// `received == routed + unrouted` holds in every one.
     pub fn stats(&self) -> HubStats {
-        let routes = self.inner.router.lock();
+        let router = &self.inner.router;
+        let routes = router.lock();
         let mut channels: Vec<ChannelStats> = routes
             .iter()
-            .map(|(channel, route)| ChannelStats {
-                channel: channel.clone(),
-                subscribers: route.subscribers.len(),
-                received: route.received,
-                delivered: route.counters.delivered.load(Ordering::Relaxed),
-                dropped: route.counters.dropped.load(Ordering::Relaxed),
+            .map(|(channel, route)| {
+                let delivered = route.counters.delivered.load(Ordering::Relaxed);
+                let dropped = route.counters.dropped.load(Ordering::Relaxed);
+                ChannelStats {
+                    channel: channel.clone(),
+                    subscribers: route.subscribers.len(),
+                    received: route.received,
+                    delivered,
+                    dropped,
+                }
             })
             .collect();
+        let received = router.received.load(Ordering::Relaxed);
+        let routed = router.routed.load(Ordering::Relaxed);
+        let unrouted = router.unrouted.load(Ordering::Relaxed);
         drop(routes);
         channels.sort_by(|a, b| a.channel.cmp(&b.channel));
         HubStats {
-            received: self.inner.router.received.load(Ordering::Relaxed),
-            unrouted: self.inner.router.unrouted.load(Ordering::Relaxed),
+            received,
+            routed,
+            unrouted,
             reconnects: self.inner.shared.reconnects.load(Ordering::Relaxed),
+            hook_panics: router.hooks.panics(),
             channels,
         }
     }
@@ -300,17 +365,17 @@ impl PgNotifyHub {
     }
 
     /// Closes the connection (after `UNLISTEN *`) and stops the hub for every
-    /// clone. Subscriptions receive what was queued, then `None`.
+    /// clone. Subscriptions receive what was queued, then `None`. Handlers
+    /// handle what their queues held, then stop; use
+    /// [`shutdown`](Self::shutdown) to wait for them.
     ///
     /// # Errors
     /// As [`PgListener::close`](crate::listen::PgListener::close).
     pub async fn close(&self) -> OrmResult<()> {
         let (reply, answer) = oneshot::channel();
         let result = match self.inner.commands.send(Command::Close(reply)).await {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err(OrmError::closed("the hub task ended abnormally"))),
-            Err(_) => Ok(()),
+            Ok(()) => answer.await.unwrap_or_else(|_| Err(ended_abnormally())),
+            Err(_) => self.inner.shared.end_result(),
         };
         let task = self
             .inner
@@ -341,10 +406,17 @@ fn check_policy(policy: QueuePolicy) -> OrmResult<()> {
 /// The hub's [`Sink`]: channel name → subscriptions.
 struct Router {
     routes: Mutex<HashMap<String, Route>>,
-    /// Notifications taken from the driver (changed under the routes lock).
+    /// Notifications taken from the driver; `routed` and `unrouted` split
+    /// them. All three change, and are read, under the routes lock, so that
+    /// `received == routed + unrouted` in every snapshot.
     received: AtomicU64,
-    reconnects: watch::Sender<u64>,
+    routed: AtomicU64,
     unrouted: AtomicU64,
+    /// The consumers a push found waiting, woken once the routes lock is
+    /// released. Kept between batches so that routing allocates nothing for
+    /// them; only the driver's pushes use it (never two at once).
+    wake: Mutex<Vec<Waker>>,
+    reconnects: watch::Sender<u64>,
     /// Why the hub stopped, for subscriptions made after it did.
     finished: Mutex<Option<String>>,
     hooks: HookSlot,
@@ -359,12 +431,51 @@ struct Route {
 }
 
 impl Router {
+    fn new(config: &PgListenerConfig) -> Self {
+        Router {
+            routes: Mutex::new(HashMap::new()),
+            received: AtomicU64::new(0),
+            routed: AtomicU64::new(0),
+            unrouted: AtomicU64::new(0),
+            wake: Mutex::new(Vec::new()),
+            reconnects: watch::channel(0).0,
+            finished: Mutex::new(None),
+            hooks: config.hooks.clone(),
+            capacity: config.queue_capacity,
+            policy: config.queue_policy,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
         self.routes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The buffer for wakers, emptied, without holding its lock.
+    fn take_wake_buffer(&self) -> Vec<Waker> {
+        std::mem::take(
+            &mut *self
+                .wake
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Wakes `wakers` (no pgorm lock is held), then keeps the buffer.
+    fn wake_all(&self, mut wakers: Vec<Waker>) {
+        for waker in wakers.drain(..) {
+            waker.wake();
+        }
+        *self
+            .wake
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = wakers;
+    }
+
+    /// Adds a subscription of `channel` to the routes and to the channels
+    /// the driver must listen to (both under the routes lock, so they always
+    /// agree). The caller then asks the driver to `LISTEN`.
     fn add(
         &self,
         hub: &Arc<HubInner>,
@@ -390,8 +501,6 @@ impl Router {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(FanoutQueue::new(capacity, policy, route.counters.clone()));
         route.subscribers.push((id, queue.clone()));
-        // The wanted set changes under the routes lock, so it always matches
-        // the routes.
         hub.shared.lock_channels().insert(channel.to_owned());
         Ok(Subscription {
             channel: channel.to_owned(),
@@ -418,27 +527,37 @@ impl Router {
     }
 
     /// Hands `notifications` (all of `channel`) to every subscription of the
-    /// channel as one shared batch: one lock, one reference count and one
-    /// wake-up per subscription, however many notifications there are.
+    /// channel as one shared batch: one lock and one reference count per
+    /// subscription, however many notifications there are. Consumers to
+    /// wake go to `wake`; what the policies dropped goes to `drops` (one
+    /// record for the channel).
     fn deliver(
         &self,
         routes: &mut HashMap<String, Route>,
         channel: &str,
         notifications: Vec<Arc<PgNotification>>,
+        wake: &mut Vec<Waker>,
+        drops: &mut Vec<Dropped>,
     ) {
+        let count = notifications.len() as u64;
         let Some(route) = routes.get_mut(channel) else {
-            self.unrouted
-                .fetch_add(notifications.len() as u64, Ordering::Relaxed);
+            self.unrouted.fetch_add(count, Ordering::Relaxed);
             return;
         };
-        route.received += notifications.len() as u64;
+        self.routed.fetch_add(count, Ordering::Relaxed);
+        route.received += count;
         let batch = NotificationBatch::new(notifications);
+        let mut dropped = 0;
         for (_, queue) in &route.subscribers {
-            let dropped = queue.push(&batch);
-            if dropped > 0 {
-                self.hooks
-                    .call(|hooks| hooks.on_drop(Some(channel), dropped));
-            }
+            let pushed = queue.push(&batch);
+            dropped += pushed.dropped;
+            wake.extend(pushed.consumer);
+        }
+        if dropped > 0 {
+            drops.push(Dropped {
+                channel: Some(channel.to_owned()),
+                count: dropped,
+            });
         }
     }
 }
@@ -448,18 +567,21 @@ impl Sink for Router {
         &self,
         batch: &mut VecDeque<ListenerEvent>,
         _producer: &Waker,
-        _drops: &mut Vec<Dropped>,
+        drops: &mut Vec<Dropped>,
     ) -> Pushed {
+        let mut wake = self.take_wake_buffer();
         let mut routes = self.lock();
         // Notifications between markers, grouped by channel in arrival order.
         let mut groups: Vec<(String, Vec<Arc<PgNotification>>)> = Vec::new();
-        let flush = |routes: &mut HashMap<String, Route>,
-                     groups: &mut Vec<(String, Vec<Arc<PgNotification>>)>| {
+        let mut flush = |routes: &mut HashMap<String, Route>,
+                         groups: &mut Vec<(String, Vec<Arc<PgNotification>>)>,
+                         wake: &mut Vec<Waker>| {
             for (channel, notifications) in groups.drain(..) {
-                self.deliver(routes, &channel, notifications);
+                self.deliver(routes, &channel, notifications, wake, drops);
             }
         };
         let total = batch.len();
+        let mut reconnected = None;
         for event in batch.drain(..) {
             match event {
                 ListenerEvent::Notification(notification) => {
@@ -480,26 +602,32 @@ impl Sink for Router {
                     }
                 }
                 ListenerEvent::Reconnected { generation } => {
-                    flush(&mut routes, &mut groups);
+                    flush(&mut routes, &mut groups, &mut wake);
                     for route in routes.values() {
                         for (_, queue) in &route.subscribers {
-                            queue.push_reconnected(generation);
+                            wake.extend(queue.push_reconnected(generation));
                         }
                     }
-                    self.reconnects.send_replace(generation);
+                    reconnected = Some(generation);
                 }
                 // The driver never queues Lagged: queues make their own.
                 ListenerEvent::Lagged { .. } => {}
             }
         }
-        flush(&mut routes, &mut groups);
-        // Drops are per subscription and reported by `deliver`.
+        flush(&mut routes, &mut groups, &mut wake);
+        drop(routes);
+        if let Some(generation) = reconnected {
+            // Watchers run no code here, but wake up: outside the lock too.
+            self.reconnects.send_replace(generation);
+        }
+        self.wake_all(wake);
         Pushed::All
     }
 
     fn fall_back_to_dropping(&self) {}
 
     fn finish(&self, error: Option<OrmError>) {
+        let mut wake = self.take_wake_buffer();
         let mut routes = self.lock();
         let reason = error.as_ref().map(ToString::to_string);
         *self
@@ -509,14 +637,18 @@ impl Sink for Router {
             Some(reason.clone().unwrap_or_else(|| "closed".into()));
         for route in routes.values_mut() {
             for (_, queue) in route.subscribers.drain(..) {
-                queue.finish(
-                    reason
-                        .as_ref()
-                        .map(|reason| OrmError::closed(format!("the hub stopped: {reason}"))),
+                wake.extend(
+                    queue.finish(
+                        reason
+                            .as_ref()
+                            .map(|reason| OrmError::closed(format!("the hub stopped: {reason}"))),
+                    ),
                 );
             }
         }
         routes.clear();
+        drop(routes);
+        self.wake_all(wake);
     }
 }
 
@@ -532,7 +664,8 @@ impl Sink for Router {
 ///
 /// Dropping the last subscription of a channel makes the hub `UNLISTEN` it.
 /// A subscription is also a [`Stream`] of `OrmResult<Arc<PgNotification>>`
-/// (markers skipped).
+/// (markers skipped). [`stats`](Self::stats) counts what it received,
+/// returned, dropped and holds.
 pub struct Subscription {
     channel: String,
     id: u64,
@@ -544,7 +677,7 @@ impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("channel", &self.channel)
-            .field("queued", &self.receiver.counts().2)
+            .field("stats", &self.stats())
             .finish()
     }
 }
@@ -553,6 +686,19 @@ impl Subscription {
     /// The channel subscribed to.
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// This subscription's counters, in one snapshot that balances:
+    /// `received == delivered + queued + dropped`. Readable after the hub
+    /// has stopped.
+    pub fn stats(&self) -> SubscriptionStats {
+        let counts = self.receiver.counts();
+        SubscriptionStats {
+            received: counts.received,
+            delivered: counts.delivered,
+            dropped: counts.dropped,
+            queued: counts.queued,
+        }
     }
 
     /// The next notification (markers passed over); `None` once the hub has

@@ -74,7 +74,7 @@ pub use event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
 pub use fanout::NotificationBatch;
 pub use handler::{HandlerGuard, HandlerOptions, HandlerStats};
 pub use hooks::ListenerHooks;
-pub use hub::{ChannelStats, HubStats, PgNotifyHub, Subscription};
+pub use hub::{ChannelStats, HubStats, PgNotifyHub, Subscription, SubscriptionStats};
 pub use listener::{PgListener, PgListenerEventStream, PgListenerHandle, PgListenerStream};
 pub use publish::{notify, notify_batch, validate_payload, MAX_PAYLOAD_LEN};
 #[cfg(feature = "json")]

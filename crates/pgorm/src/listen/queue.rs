@@ -3,7 +3,7 @@
 //! the notifications, and wakes each side once per batch.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -12,35 +12,12 @@ use crate::listen::config::QueuePolicy;
 use crate::listen::event::ListenerEvent;
 use crate::listen::sink::{Dropped, Pushed, Sink};
 
-/// Counts kept outside the queue's lock, so that several queues (a hub
+/// Counts kept outside the queues' locks, so that several queues (a hub
 /// channel's subscribers) can share one set.
 #[derive(Debug, Default)]
 pub(crate) struct QueueCounters {
     pub(crate) delivered: AtomicU64,
     pub(crate) dropped: AtomicU64,
-}
-
-impl QueueCounters {
-    /// After a push, with the queue's lock released: counts what the policy
-    /// dropped and wakes the consumer. Returns `dropped`.
-    pub(super) fn pushed(&self, consumer: Option<Waker>, dropped: u64) -> u64 {
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped, Ordering::Relaxed);
-        }
-        if let Some(consumer) = consumer {
-            consumer.wake();
-        }
-        dropped
-    }
-
-    /// (delivered, dropped, `queued`).
-    pub(super) fn with_queued(&self, queued: usize) -> (u64, u64, usize) {
-        (
-            self.delivered.load(Ordering::Relaxed),
-            self.dropped.load(Ordering::Relaxed),
-            queued,
-        )
-    }
 }
 
 /// How many items a consumer takes from the shared queue under one lock.

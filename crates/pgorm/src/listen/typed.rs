@@ -14,7 +14,7 @@ use crate::client::GenericClient;
 use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::validate_channel;
 use crate::listen::event::{ListenerEvent, PgNotification};
-use crate::listen::hub::{PgNotifyHub, Subscription};
+use crate::listen::hub::{PgNotifyHub, Subscription, SubscriptionStats};
 use crate::listen::publish::notify;
 
 /// A channel whose payloads are `T` as JSON. The name is validated once, at
@@ -165,6 +165,12 @@ impl<T: Serialize + DeserializeOwned> TypedSubscription<T> {
             ListenerEvent::Reconnected { generation } => TypedEvent::Reconnected { generation },
             ListenerEvent::Lagged { dropped } => TypedEvent::Lagged { dropped },
         })
+    }
+
+    /// The subscription's counters (see [`Subscription::stats`]); a payload
+    /// that does not decode counts as delivered.
+    pub fn stats(&self) -> SubscriptionStats {
+        self.subscription.stats()
     }
 
     /// The untyped subscription underneath.
