@@ -527,3 +527,43 @@ async fn listen_and_unlisten_sent_together_reach_the_server_in_order() {
         );
     }
 }
+
+#[derive(Default)]
+struct DropHooks {
+    dropped: AtomicU64,
+}
+
+impl ListenerHooks for DropHooks {
+    fn on_drop(&self, _channel: Option<&str>, dropped: u64) {
+        self.dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn drops_made_when_a_blocked_listener_closes_reach_the_hooks() {
+    let channel = unique("closing_blocked");
+    let hooks = Arc::new(DropHooks::default());
+    let config = PgListenerConfig::new()
+        .channels([channel.as_str()])
+        .queue_capacity(10)
+        .queue_policy(QueuePolicy::BlockProducer)
+        .block_timeout(Duration::from_secs(300))
+        .hooks(hooks.clone());
+    let listener = PgListener::connect_with(&TestServer::shared().url(), config)
+        .await
+        .unwrap();
+    let admin = raw_client(&TestServer::shared().url()).await;
+    flood(&admin, &channel, 0, 1000).await;
+    eventually("the queue to fill", || async {
+        listener.stats().queued == 10
+    })
+    .await;
+    // The listener holds what it read beyond the full queue; closing hands
+    // it over, dropping the oldest.
+    let handle = listener.handle();
+    within("close", listener.close()).await.unwrap();
+    let stats = handle.stats();
+    assert_balanced(&stats);
+    assert!(stats.dropped > 0, "{stats:?}");
+    assert_eq!(hooks.dropped.load(Ordering::Relaxed), stats.dropped);
+}
