@@ -8,11 +8,11 @@
 //! [`session`]: crate::listen::session
 //! [`health`]: crate::listen::health
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -22,12 +22,12 @@ use tokio_postgres::Config;
 
 use crate::connect::Connector;
 use crate::error::{OrmError, OrmResult};
-use crate::listen::channel::quote_identifier;
+use crate::listen::command::{ended_abnormally, Command, DriverShared};
 use crate::listen::config::{
     Jitter, PgListenerConfig, DEFAULT_APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT,
 };
 use crate::listen::event::{ListenerEvent, ListenerState};
-use crate::listen::health::{HealthCheck, HEALTH_CHECK};
+use crate::listen::health::{Check, HealthCheck, HEALTH_CHECK};
 use crate::listen::hooks::HookSlot;
 use crate::listen::session::{
     open_session, read_notifications, Opened, Opening, OperationKind, Session,
@@ -41,145 +41,6 @@ const MAX_BATCH: usize = 256;
 
 /// How long closing may spend on `UNLISTEN` and the goodbye to the server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A request from a front end.
-pub(crate) enum Command {
-    /// A change to the channels listened to, answered once the server has
-    /// acknowledged it (at once while disconnected: the reconnect applies it).
-    Channels(ChannelCommand, oneshot::Sender<OrmResult<()>>),
-    /// Bring the server's LISTEN set in line with the wanted channels (sent
-    /// by a hub when a channel's last subscription is dropped).
-    Sync,
-    /// `pg_listening_channels()` of the driver's own session.
-    ServerChannels(oneshot::Sender<OrmResult<Vec<String>>>),
-    Close(oneshot::Sender<OrmResult<()>>),
-}
-
-/// A change to the channels listened to.
-pub(crate) enum ChannelCommand {
-    /// `LISTEN`. With `remember`, the channel is also added to the wanted
-    /// set (a listener); without, the caller manages that set (a hub).
-    Listen {
-        channel: String,
-        remember: bool,
-    },
-    Unlisten(String),
-    UnlistenAll,
-}
-
-impl ChannelCommand {
-    /// Records the change in the wanted set. Returns the channel if this
-    /// added it, so that a refused `LISTEN` can take it out again.
-    fn record(&self, wanted: &mut BTreeSet<String>) -> Option<String> {
-        match self {
-            ChannelCommand::Listen {
-                channel,
-                remember: true,
-            } => wanted.insert(channel.clone()).then(|| channel.clone()),
-            ChannelCommand::Listen { .. } => None,
-            ChannelCommand::Unlisten(channel) => {
-                wanted.remove(channel);
-                None
-            }
-            ChannelCommand::UnlistenAll => {
-                wanted.clear();
-                None
-            }
-        }
-    }
-
-    /// Records the change in what `listening` says the session listens to
-    /// and returns the statement that makes it. A `LISTEN` is sent even when
-    /// already listening: its reply must wait for an acknowledgement, which
-    /// an earlier `LISTEN` still in flight may not have had yet.
-    fn statement(self, listening: &mut BTreeSet<String>) -> String {
-        match self {
-            ChannelCommand::Listen { channel, .. } => {
-                let sql = format!("LISTEN {}", quote_identifier(&channel));
-                listening.insert(channel);
-                sql
-            }
-            ChannelCommand::Unlisten(channel) => {
-                let sql = format!("UNLISTEN {}", quote_identifier(&channel));
-                listening.remove(&channel);
-                sql
-            }
-            ChannelCommand::UnlistenAll => {
-                listening.clear();
-                "UNLISTEN *".to_string()
-            }
-        }
-    }
-}
-
-/// What the driver and its front end share.
-pub(crate) struct DriverShared {
-    state: AtomicU8,
-    pub(crate) reconnects: AtomicU64,
-    /// The channels the listener should be listening to: kept across
-    /// reconnects, changed at once by commands.
-    channels: Mutex<BTreeSet<String>>,
-    /// A [`Command::Sync`] could not be queued (the channel was full); the
-    /// driver syncs after draining its commands.
-    sync_requested: AtomicBool,
-    /// The driver task ended without stopping (it panicked or was
-    /// cancelled with its runtime).
-    ended_abnormally: AtomicBool,
-}
-
-impl DriverShared {
-    pub(crate) fn state(&self) -> ListenerState {
-        ListenerState::from_u8(self.state.load(Ordering::Acquire))
-    }
-
-    fn set_state(&self, state: ListenerState) {
-        self.state.store(state.to_u8(), Ordering::Release);
-    }
-
-    pub(crate) fn channels(&self) -> Vec<String> {
-        self.lock_channels().iter().cloned().collect()
-    }
-
-    /// Changes the wanted channels from outside the driver (a hub) and asks
-    /// the driver to apply the change, without waiting for it.
-    pub(crate) fn update_channels(
-        &self,
-        commands: &mpsc::Sender<Command>,
-        change: impl FnOnce(&mut BTreeSet<String>),
-    ) {
-        change(&mut self.lock_channels());
-        // If the command channel is full, the flag is seen when the driver
-        // drains it; the second try covers a driver that drained everything
-        // between the first try and the flag.
-        if let Err(mpsc::error::TrySendError::Full(_)) = commands.try_send(Command::Sync) {
-            self.sync_requested.store(true, Ordering::Release);
-            let _ = commands.try_send(Command::Sync);
-        }
-    }
-
-    pub(crate) fn lock_channels(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.channels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Why the driver is gone, for a `close()` that found it gone: an error
-    /// if it ended abnormally, `Ok` if it stopped as it should (closed, or
-    /// gave up reconnecting: the consumer was told why).
-    pub(crate) fn end_result(&self) -> OrmResult<()> {
-        if self.ended_abnormally.load(Ordering::Acquire) {
-            return Err(ended_abnormally());
-        }
-        Ok(())
-    }
-}
-
-/// The error of a driver task that ended without stopping.
-pub(crate) fn ended_abnormally() -> OrmError {
-    OrmError::closed(
-        "the listener's background task ended abnormally (it panicked or its runtime shut down)",
-    )
-}
 
 /// A started driver: the handle's half.
 pub(crate) struct DriverHandle {
@@ -235,13 +96,7 @@ pub(crate) async fn start(
 ) -> OrmResult<DriverHandle> {
     config.validate()?;
     apply_defaults(&mut pg_config, &config);
-    let shared = Arc::new(DriverShared {
-        state: AtomicU8::new(ListenerState::Connecting.to_u8()),
-        reconnects: AtomicU64::new(0),
-        channels: Mutex::new(config.channels.iter().cloned().collect()),
-        sync_requested: AtomicBool::new(false),
-        ended_abnormally: AtomicBool::new(false),
-    });
+    let shared = Arc::new(DriverShared::new(config.channels.iter().cloned()));
     let (commands, receiver) = mpsc::channel(64);
     let hooks = config.hooks.clone();
     let mut driver = Driver {
@@ -337,8 +192,7 @@ struct EndGuard {
 impl Drop for EndGuard {
     fn drop(&mut self) {
         if !self.stopped {
-            self.shared.ended_abnormally.store(true, Ordering::Release);
-            self.shared.set_state(ListenerState::Closed);
+            self.shared.end_abnormally();
             self.sink.finish(Some(ended_abnormally()));
         }
     }
@@ -587,7 +441,7 @@ impl Driver {
                 Poll::Pending => break,
             }
         }
-        if self.shared.sync_requested.swap(false, Ordering::AcqRel) {
+        if self.shared.take_sync_request() {
             session.sync(&self.shared.lock_channels());
         }
         // New statements are polled once before the socket so that their
@@ -628,16 +482,25 @@ impl Driver {
     fn poll_health(
         &mut self,
         session: &mut Session,
-        finished: Option<Result<(), tokio_postgres::Error>>,
+        mut finished: Option<Result<(), tokio_postgres::Error>>,
         cx: &mut Context<'_>,
     ) -> Option<SessionEnd> {
         // Paused while a full queue keeps the driver from reading; not while
         // it reads on for a statement's reply, which a dead path would never
         // bring.
         let paused = self.blocked.is_some() && !session.has_operations();
-        self.health
-            .poll(session, &self.shared, finished, paused, cx)
-            .map(SessionEnd::Lost)
+        loop {
+            match self.health.poll(&mut session.health, finished, paused, cx) {
+                Check::Wait => return None,
+                Check::Lost(error) => return Some(SessionEnd::Lost(error)),
+                Check::Start => {
+                    session.start(String::new(), OperationKind::Health);
+                    // Poll the new statement (sends it), then arm the
+                    // deadline.
+                    finished = session.poll_operations(&self.shared, cx);
+                }
+            }
+        }
     }
 
     /// Hands pending events to the sink, then tells the hooks what its

@@ -10,11 +10,11 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
-use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{OrmError, OrmResult, ValidationError};
 use crate::listen::config::QueuePolicy;
@@ -153,44 +153,6 @@ impl HandlerGuard {
 impl Drop for HandlerGuard {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// The dispatchers of a hub's handlers, for [`PgNotifyHub::shutdown`].
-pub(crate) struct Handlers {
-    /// Each dispatcher holds a receiver until it ends: `closed()` resolves
-    /// once every dispatcher has ended (or none was started).
-    running: watch::Sender<()>,
-    /// To cancel the dispatchers still running when a shutdown times out.
-    tasks: Mutex<Vec<AbortHandle>>,
-}
-
-impl Handlers {
-    pub(crate) fn new() -> Self {
-        Handlers {
-            running: watch::channel(()).0,
-            tasks: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn register(&self, task: AbortHandle) {
-        let mut tasks = self.lock_tasks();
-        tasks.retain(|task| !task.is_finished());
-        tasks.push(task);
-    }
-
-    /// Cancels every dispatcher still running, and with it their calls.
-    fn abort_all(&self) {
-        let tasks = std::mem::take(&mut *self.lock_tasks());
-        for task in tasks {
-            task.abort();
-        }
     }
 }
 

@@ -10,8 +10,6 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::OrmError;
-use crate::listen::driver::DriverShared;
-use crate::listen::session::{OperationKind, Session};
 
 /// The operation a missed health check reports as timed out.
 pub(super) const HEALTH_CHECK: &str = "listener health check";
@@ -37,50 +35,55 @@ pub(super) struct HealthCheck {
     pub(super) timeout: Duration,
 }
 
+/// What a poll of the health check asks of the driver.
+pub(super) enum Check {
+    /// Nothing now.
+    Wait,
+    /// A check is due: send an empty statement, then poll again.
+    Start,
+    /// The session is lost: a check failed or missed its deadline.
+    Lost(OrmError),
+}
+
 impl HealthCheck {
-    /// Takes the result of a check that finished, starts a check when one is
-    /// due, and says why the session is lost when a check failed or missed
-    /// its deadline. While `paused` (a blocked queue keeps the driver from
-    /// reading: a slow consumer is not a dead server) a deadline is pushed
-    /// back instead.
+    /// Takes the result of a check that finished (`finished`), and says
+    /// whether a check is due or the session is lost. While `paused` (a
+    /// blocked queue keeps the driver from reading: a slow consumer is not a
+    /// dead server) a deadline is pushed back instead.
     pub(super) fn poll(
         &self,
-        session: &mut Session,
-        shared: &DriverShared,
+        health: &mut Health,
         finished: Option<Result<(), tokio_postgres::Error>>,
         paused: bool,
         cx: &mut Context<'_>,
-    ) -> Option<OrmError> {
+    ) -> Check {
         match finished {
-            Some(Err(error)) => return Some(OrmError::connection(error)),
-            Some(Ok(())) => session.health = Health::new(self.interval),
+            Some(Err(error)) => return Check::Lost(OrmError::connection(error)),
+            Some(Ok(())) => *health = Health::new(self.interval),
             None => {}
         }
         if paused {
-            if let Health::Checking(deadline) = &mut session.health {
+            if let Health::Checking(deadline) = health {
                 deadline.as_mut().reset(Instant::now() + self.timeout);
             }
-            return None;
+            return Check::Wait;
         }
-        match &mut session.health {
+        match health {
             Health::Idle(next) => {
                 if next.as_mut().poll(cx).is_ready() {
-                    session.health = Health::Checking(Box::pin(tokio::time::sleep(self.timeout)));
-                    session.start(String::new(), OperationKind::Health);
-                    // Poll the new statement (sends it) and arm the deadline.
-                    let finished = session.poll_operations(shared, cx);
-                    return self.poll(session, shared, finished, paused, cx);
+                    *health = Health::Checking(Box::pin(tokio::time::sleep(self.timeout)));
+                    return Check::Start;
                 }
             }
             Health::Checking(deadline) => {
                 if deadline.as_mut().poll(cx).is_ready() {
-                    return Some(OrmError::Timeout {
+                    return Check::Lost(OrmError::Timeout {
                         operation: HEALTH_CHECK,
                         after: self.timeout,
                     });
                 }
             }
         }
-        None
+        Check::Wait
     }
 }

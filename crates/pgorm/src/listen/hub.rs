@@ -1,13 +1,14 @@
-//! [`PgNotifyHub`]: one dedicated connection, many in-process subscribers.
-//! The connection driver is the listener's; the hub's part is the router
-//! that copies each notification into the queue of every subscription of its
-//! channel.
+//! [`PgNotifyHub`]: one dedicated connection, many in-process subscribers,
+//! and [`Subscription`], one subscriber's queue. The connection driver is
+//! the listener's; the router (`router.rs`) copies each notification into
+//! the queue of every subscription of its channel.
 
-use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
+
+use tokio::task::AbortHandle;
 
 use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -17,15 +18,14 @@ use tokio_postgres::{Config, Socket};
 use crate::connect::{describe_target, Connector, PlainConnector, TlsConnector};
 use crate::error::{OrmError, OrmResult, ValidationError};
 use crate::listen::channel::validate_channel;
+use crate::listen::command::{ended_abnormally, ChannelCommand, Command, DriverShared};
 use crate::listen::config::{PgListenerConfig, QueuePolicy};
-use crate::listen::driver::{self, ended_abnormally, ChannelCommand, Command, DriverShared};
+use crate::listen::driver;
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
-use crate::listen::fanout::{FanoutQueue, FanoutReceiver, NotificationBatch};
-use crate::listen::handler::Handlers;
+use crate::listen::fanout::{FanoutReceiver, NotificationBatch};
 use crate::listen::hooks::HookSlot;
 use crate::listen::listener::{server_channels, skip_markers};
-use crate::listen::queue::QueueCounters;
-use crate::listen::sink::{Dropped, Pushed, Sink};
+use crate::listen::router::Router;
 use crate::pool::parse_url;
 use crate::PgClient;
 
@@ -280,10 +280,16 @@ impl PgNotifyHub {
             }
             .into());
         }
-        let subscription = self
+        let (id, queue) = self
             .inner
             .router
-            .add(&self.inner, channel, capacity, policy)?;
+            .add(&self.inner.shared, channel, capacity, policy)?;
+        let subscription = Subscription {
+            channel: channel.to_owned(),
+            id,
+            receiver: FanoutReceiver::new(queue),
+            hub: Arc::downgrade(&self.inner),
+        };
         let (reply, answer) = oneshot::channel();
         let stopped = || OrmError::closed("the hub has stopped");
         self.inner
@@ -390,6 +396,44 @@ impl PgNotifyHub {
     }
 }
 
+/// The dispatchers of a hub's handlers, for [`PgNotifyHub::shutdown`].
+pub(crate) struct Handlers {
+    /// Each dispatcher holds a receiver until it ends: `closed()` resolves
+    /// once every dispatcher has ended (or none was started).
+    pub(crate) running: watch::Sender<()>,
+    /// To cancel the dispatchers still running when a shutdown times out.
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Handlers {
+    pub(crate) fn new() -> Self {
+        Handlers {
+            running: watch::channel(()).0,
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(&self, task: AbortHandle) {
+        let mut tasks = self.lock_tasks();
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(task);
+    }
+
+    /// Cancels every dispatcher still running, and with it their calls.
+    pub(crate) fn abort_all(&self) {
+        let tasks = std::mem::take(&mut *self.lock_tasks());
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
 fn check_policy(policy: QueuePolicy) -> OrmResult<()> {
     if policy == QueuePolicy::BlockProducer {
         return Err(ValidationError::Setting {
@@ -401,255 +445,6 @@ fn check_policy(policy: QueuePolicy) -> OrmResult<()> {
         .into());
     }
     Ok(())
-}
-
-/// The hub's [`Sink`]: channel name → subscriptions.
-struct Router {
-    routes: Mutex<HashMap<String, Route>>,
-    /// Notifications taken from the driver; `routed` and `unrouted` split
-    /// them. All three change, and are read, under the routes lock, so that
-    /// `received == routed + unrouted` in every snapshot.
-    received: AtomicU64,
-    routed: AtomicU64,
-    unrouted: AtomicU64,
-    /// The consumers a push found waiting, woken once the routes lock is
-    /// released. Kept between batches so that routing allocates nothing for
-    /// them; only the driver's pushes use it (never two at once).
-    wake: Mutex<Vec<Waker>>,
-    reconnects: watch::Sender<u64>,
-    /// Why the hub stopped, for subscriptions made after it did.
-    finished: Mutex<Option<String>>,
-    hooks: HookSlot,
-    capacity: usize,
-    policy: QueuePolicy,
-}
-
-struct Route {
-    subscribers: Vec<(u64, Arc<FanoutQueue>)>,
-    counters: Arc<QueueCounters>,
-    received: u64,
-}
-
-impl Router {
-    fn new(config: &PgListenerConfig) -> Self {
-        Router {
-            routes: Mutex::new(HashMap::new()),
-            received: AtomicU64::new(0),
-            routed: AtomicU64::new(0),
-            unrouted: AtomicU64::new(0),
-            wake: Mutex::new(Vec::new()),
-            reconnects: watch::channel(0).0,
-            finished: Mutex::new(None),
-            hooks: config.hooks.clone(),
-            capacity: config.queue_capacity,
-            policy: config.queue_policy,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
-        self.routes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The buffer for wakers, emptied, without holding its lock.
-    fn take_wake_buffer(&self) -> Vec<Waker> {
-        std::mem::take(
-            &mut *self
-                .wake
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-
-    /// Wakes `wakers` (no pgorm lock is held), then keeps the buffer.
-    fn wake_all(&self, mut wakers: Vec<Waker>) {
-        for waker in wakers.drain(..) {
-            waker.wake();
-        }
-        *self
-            .wake
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = wakers;
-    }
-
-    /// Adds a subscription of `channel` to the routes and to the channels
-    /// the driver must listen to (both under the routes lock, so they always
-    /// agree). The caller then asks the driver to `LISTEN`.
-    fn add(
-        &self,
-        hub: &Arc<HubInner>,
-        channel: &str,
-        capacity: usize,
-        policy: QueuePolicy,
-    ) -> OrmResult<Subscription> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        let mut routes = self.lock();
-        if let Some(reason) = self
-            .finished
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
-            return Err(OrmError::closed(format!("the hub has stopped: {reason}")));
-        }
-        let route = routes.entry(channel.to_owned()).or_insert_with(|| Route {
-            subscribers: Vec::new(),
-            counters: Arc::default(),
-            received: 0,
-        });
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(FanoutQueue::new(capacity, policy, route.counters.clone()));
-        route.subscribers.push((id, queue.clone()));
-        hub.shared.lock_channels().insert(channel.to_owned());
-        Ok(Subscription {
-            channel: channel.to_owned(),
-            id,
-            receiver: FanoutReceiver::new(queue),
-            hub: Arc::downgrade(hub),
-        })
-    }
-
-    fn remove(&self, hub: &HubInner, channel: &str, id: u64) {
-        let mut routes = self.lock();
-        let Some(route) = routes.get_mut(channel) else {
-            return;
-        };
-        route
-            .subscribers
-            .retain(|(subscriber, _)| *subscriber != id);
-        if route.subscribers.is_empty() {
-            routes.remove(channel);
-            hub.shared.update_channels(&hub.commands, |wanted| {
-                wanted.remove(channel);
-            });
-        }
-    }
-
-    /// Hands `notifications` (all of `channel`) to every subscription of the
-    /// channel as one shared batch: one lock and one reference count per
-    /// subscription, however many notifications there are. Consumers to
-    /// wake go to `wake`; what the policies dropped goes to `drops` (one
-    /// record for the channel).
-    fn deliver(
-        &self,
-        routes: &mut HashMap<String, Route>,
-        channel: &str,
-        notifications: Vec<Arc<PgNotification>>,
-        wake: &mut Vec<Waker>,
-        drops: &mut Vec<Dropped>,
-    ) {
-        let count = notifications.len() as u64;
-        let Some(route) = routes.get_mut(channel) else {
-            self.unrouted.fetch_add(count, Ordering::Relaxed);
-            return;
-        };
-        self.routed.fetch_add(count, Ordering::Relaxed);
-        route.received += count;
-        let batch = NotificationBatch::new(notifications);
-        let mut dropped = 0;
-        for (_, queue) in &route.subscribers {
-            let pushed = queue.push(&batch);
-            dropped += pushed.dropped;
-            wake.extend(pushed.consumer);
-        }
-        if dropped > 0 {
-            drops.push(Dropped {
-                channel: Some(channel.to_owned()),
-                count: dropped,
-            });
-        }
-    }
-}
-
-impl Sink for Router {
-    fn push_batch(
-        &self,
-        batch: &mut VecDeque<ListenerEvent>,
-        _producer: &Waker,
-        drops: &mut Vec<Dropped>,
-    ) -> Pushed {
-        let mut wake = self.take_wake_buffer();
-        let mut routes = self.lock();
-        // Notifications between markers, grouped by channel in arrival order.
-        let mut groups: Vec<(String, Vec<Arc<PgNotification>>)> = Vec::new();
-        let mut flush = |routes: &mut HashMap<String, Route>,
-                         groups: &mut Vec<(String, Vec<Arc<PgNotification>>)>,
-                         wake: &mut Vec<Waker>| {
-            for (channel, notifications) in groups.drain(..) {
-                self.deliver(routes, &channel, notifications, wake, drops);
-            }
-        };
-        let total = batch.len();
-        let mut reconnected = None;
-        for event in batch.drain(..) {
-            match event {
-                ListenerEvent::Notification(notification) => {
-                    self.received.fetch_add(1, Ordering::Relaxed);
-                    match groups
-                        .iter_mut()
-                        .find(|(channel, _)| *channel == notification.channel)
-                    {
-                        Some((_, group)) => group.push(Arc::new(notification)),
-                        None => {
-                            let channel = notification.channel.clone();
-                            // Most batches are of one channel: room for all.
-                            let room = if groups.is_empty() { total } else { 1 };
-                            let mut group = Vec::with_capacity(room);
-                            group.push(Arc::new(notification));
-                            groups.push((channel, group));
-                        }
-                    }
-                }
-                ListenerEvent::Reconnected { generation } => {
-                    flush(&mut routes, &mut groups, &mut wake);
-                    for route in routes.values() {
-                        for (_, queue) in &route.subscribers {
-                            wake.extend(queue.push_reconnected(generation));
-                        }
-                    }
-                    reconnected = Some(generation);
-                }
-                // The driver never queues Lagged: queues make their own.
-                ListenerEvent::Lagged { .. } => {}
-            }
-        }
-        flush(&mut routes, &mut groups, &mut wake);
-        drop(routes);
-        if let Some(generation) = reconnected {
-            // Watchers run no code here, but wake up: outside the lock too.
-            self.reconnects.send_replace(generation);
-        }
-        self.wake_all(wake);
-        Pushed::All
-    }
-
-    fn fall_back_to_dropping(&self) {}
-
-    fn finish(&self, error: Option<OrmError>) {
-        let mut wake = self.take_wake_buffer();
-        let mut routes = self.lock();
-        let reason = error.as_ref().map(ToString::to_string);
-        *self
-            .finished
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(reason.clone().unwrap_or_else(|| "closed".into()));
-        for route in routes.values_mut() {
-            for (_, queue) in route.subscribers.drain(..) {
-                wake.extend(
-                    queue.finish(
-                        reason
-                            .as_ref()
-                            .map(|reason| OrmError::closed(format!("the hub stopped: {reason}"))),
-                    ),
-                );
-            }
-        }
-        routes.clear();
-        drop(routes);
-        self.wake_all(wake);
-    }
 }
 
 /// One subscriber's view of a hub channel: its own bounded queue, with the
@@ -787,7 +582,8 @@ impl Stream for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
-            hub.router.remove(&hub, &self.channel, self.id);
+            hub.router
+                .remove(&hub.shared, &hub.commands, &self.channel, self.id);
         }
     }
 }

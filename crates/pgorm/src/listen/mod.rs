@@ -49,6 +49,7 @@
 //! ```
 
 mod channel;
+mod command;
 mod config;
 mod driver;
 mod event;
@@ -60,6 +61,7 @@ mod hub;
 mod listener;
 mod publish;
 mod queue;
+mod router;
 mod session;
 mod sink;
 #[cfg(feature = "json")]
