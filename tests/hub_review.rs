@@ -200,3 +200,35 @@ async fn review2_handler_reconnect_count_matches_the_hub() {
         markers.load(Ordering::SeqCst)
     );
 }
+
+/// R2-5. `ChannelStats` says `delivered` and `dropped` "add up over every
+/// subscription the channel has had". They are kept in the channel's
+/// `Route`, which `Router::remove` deletes with the last subscription: a
+/// channel whose only subscriber is replaced (a handler re-registered, a
+/// consumer restarted) starts again from zero, and `received` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review2_channel_totals_survive_the_last_subscription_being_replaced() {
+    let hub = named_hub(&unique("review2_totals")).await;
+    let channel = unique("review2_totals_ch");
+    let admin = raw_client(&url()).await;
+    let mut first = hub.subscribe(&channel).await.unwrap();
+    send(&admin, &channel, "one").await;
+    let got = within("the first notification", first.next()).await;
+    assert_eq!(got.unwrap().unwrap().payload, "one");
+    drop(first);
+    let mut second = hub.subscribe(&channel).await.unwrap();
+    send(&admin, &channel, "two").await;
+    let got = within("the second notification", second.next()).await;
+    assert_eq!(got.unwrap().unwrap().payload, "two");
+    let stats = hub.stats();
+    let totals = stats
+        .channels
+        .iter()
+        .find(|c| c.channel == channel)
+        .expect("the channel's stats");
+    assert_eq!(
+        (totals.received, totals.delivered),
+        (2, 2),
+        "two notifications delivered over the channel's two subscriptions: {totals:?}"
+    );
+}
