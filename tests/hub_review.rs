@@ -232,3 +232,45 @@ async fn review2_channel_totals_survive_the_last_subscription_being_replaced() {
         "two notifications delivered over the channel's two subscriptions: {totals:?}"
     );
 }
+
+/// R2-6. A panic in `on_notification` is contained around the whole read,
+/// not around each call: `Driver::tell_hooks` runs the loop over every
+/// notification of one read inside one `HookSlot::call`, so one panicking
+/// call silently skips the hook for every later notification of that read
+/// (they are still delivered). `hook_panics` says 1; the hook missed more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review2_a_panicking_on_notification_skips_only_its_own_call() {
+    struct Hooks(Arc<std::sync::Mutex<Vec<String>>>);
+    impl pgorm::listen::ListenerHooks for Hooks {
+        fn on_notification(&self, notification: &pgorm::listen::PgNotification) {
+            if notification.payload == "boom" {
+                panic!("a hook that panics on one payload");
+            }
+            self.0.lock().unwrap().push(notification.payload.clone());
+        }
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let config = PgListenerConfig::new()
+        .application_name(&unique("review2_hookloop"))
+        .hooks(Hooks(seen.clone()));
+    let hub = within("the hub connects", PgNotifyHub::connect_with(&url(), config))
+        .await
+        .expect("hub");
+    let channel = unique("review2_hookloop_ch");
+    let mut subscription = hub.subscribe(&channel).await.unwrap();
+    let client = pgorm::PgClient::connect(&url()).await.unwrap();
+    // One transaction: the three arrive together and are read in one go.
+    pgorm::listen::notify_batch(&client, [(&*channel, "a"), (&*channel, "boom"), (&*channel, "c")])
+        .await
+        .unwrap();
+    for expected in ["a", "boom", "c"] {
+        let got = within("a notification", subscription.next()).await;
+        assert_eq!(got.unwrap().unwrap().payload, expected);
+    }
+    assert_eq!(hub.stats().hook_panics, 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["a", "c"],
+        "only the panicking call should be lost to the hook"
+    );
+}
