@@ -590,6 +590,37 @@ mod tests {
         assert_eq!(triple(receiver.counts()), (2, 2000, 0));
     }
 
+    /// Review 2 (R2-4): a queue's capacity does not bound the memory it
+    /// pins. `DropNewest` keeps `batch.prefix(room)` and `DropOldest` trims
+    /// with `batch.start += n`: either way the queued stretch keeps the
+    /// router's whole run (up to MAX_BATCH notifications of up to 8000
+    /// bytes) alive. A capacity-1 subscription that is behind pins a whole
+    /// run per queued stretch: hundreds of times what its capacity says.
+    #[test]
+    fn review2_a_full_queue_pins_no_more_notifications_than_its_capacity() {
+        for policy in [QueuePolicy::DropNewest, QueuePolicy::DropOldest] {
+            let queue = queue(1, policy);
+            let payloads: Vec<String> = (0..256).map(|i| i.to_string()).collect();
+            let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+            let run = batch(&refs);
+            let _ = push(&queue, &run);
+            drop(run);
+            let pinned: usize = queue
+                .lock()
+                .items
+                .iter()
+                .map(|item| match item {
+                    ListenerEvent::Notification(batch) => batch.run.len(),
+                    _ => 0,
+                })
+                .sum();
+            assert!(
+                pinned <= 2,
+                "{policy:?}: a queue of capacity 1 pins {pinned} notifications in memory"
+            );
+        }
+    }
+
     #[test]
     fn markers_stay_bounded_under_drop_newest_too() {
         let queue = queue(2, QueuePolicy::DropNewest);
