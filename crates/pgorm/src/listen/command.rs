@@ -132,14 +132,10 @@ impl DriverShared {
         self.lock_channels().iter().cloned().collect()
     }
 
-    /// Changes the wanted channels from outside the driver (a hub) and asks
-    /// the driver to apply the change, without waiting for it.
-    pub(crate) fn update_channels(
-        &self,
-        commands: &mpsc::Sender<Command>,
-        change: impl FnOnce(&mut BTreeSet<String>),
-    ) {
-        change(&mut self.lock_channels());
+    /// Asks the driver to bring the server in line with the wanted channels
+    /// (changed from outside the driver, by a hub), without waiting for it.
+    /// It wakes the driver: call it with no lock held.
+    pub(crate) fn request_sync(&self, commands: &mpsc::Sender<Command>) {
         // If the command channel is full, the flag is seen when the driver
         // drains it; the second try covers a driver that drained everything
         // between the first try and the flag.

@@ -277,6 +277,25 @@ impl Driver {
         self.sink.fall_back_to_dropping();
         self.push_pending(Waker::noop());
         self.sink.finish(error);
+        // Commands already queued get an answer, not a dropped reply (which
+        // a handle would take for an abnormal end): another close finds the
+        // listener closed; anything else, stopped.
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            let stopped = || OrmError::closed("the listener has stopped");
+            match command {
+                Command::Close(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+                Command::Channels(_, reply) => {
+                    let _ = reply.send(Err(stopped()));
+                }
+                Command::ServerChannels(reply) => {
+                    let _ = reply.send(Err(stopped()));
+                }
+                Command::Sync => {}
+            }
+        }
     }
 
     /// Opens a session: the first (`cause` is `None`) with one attempt
@@ -376,15 +395,18 @@ impl Driver {
         self.pending.append(&mut events);
     }
 
-    /// `on_notification` for every notification of `events[from..]`.
+    /// `on_notification` for every notification of `events[from..]`, each
+    /// call contained on its own.
     fn tell_hooks(&self, events: &VecDeque<ListenerEvent>, from: usize) {
-        self.hooks().call(|hooks| {
-            for event in events.range(from..) {
-                if let ListenerEvent::Notification(notification) = event {
-                    hooks.on_notification(notification);
-                }
+        if !self.hooks().is_set() {
+            return;
+        }
+        for event in events.range(from..) {
+            if let ListenerEvent::Notification(notification) = event {
+                self.hooks()
+                    .call(|hooks| hooks.on_notification(notification));
             }
-        });
+        }
     }
 
     /// Runs `future` while serving commands and handing pending events to

@@ -93,8 +93,14 @@ pub struct HandlerStats {
     pub timed_out: u64,
     /// Notifications the handler never saw: dropped by its queue.
     pub dropped: u64,
-    /// Reconnects seen (notifications may have been missed at each).
+    /// `Reconnected` markers seen (notifications may have been missed at
+    /// each). Reconnects with nothing between them while the handler was
+    /// busy merge into one marker, so this can be below the hub's count.
     pub reconnects: u64,
+    /// Calls cancelled before they finished: by a
+    /// [`shutdown`](PgNotifyHub::shutdown) that timed out, or by dropping
+    /// the guard.
+    pub cancelled: u64,
 }
 
 #[derive(Default)]
@@ -105,6 +111,7 @@ struct Counters {
     timed_out: AtomicU64,
     dropped: AtomicU64,
     reconnects: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 /// Keeps a handler registered; dropping it unsubscribes (the hub sends
@@ -146,6 +153,7 @@ impl HandlerGuard {
             timed_out: load(&self.counters.timed_out),
             dropped: load(&self.counters.dropped),
             reconnects: load(&self.counters.reconnects),
+            cancelled: load(&self.counters.cancelled),
         }
     }
 }
@@ -333,6 +341,10 @@ impl PgNotifyHub {
             .is_err()
         {
             handlers.abort_all();
+            // Cancelled tasks are dropped by their runtime soon after: wait
+            // (briefly) so that their calls are counted as cancelled when
+            // this returns.
+            let _ = tokio::time::timeout(ABORT_GRACE, handlers.running.closed()).await;
             trace!(
                 warn,
                 "hub shutdown: handler calls still running after {timeout:?} were cancelled"
@@ -345,6 +357,9 @@ impl PgNotifyHub {
         closed
     }
 }
+
+/// How long a shutdown that cancelled handlers waits for them to be gone.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
 
 /// What a dispatcher does with gap markers.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -377,7 +392,10 @@ where
     /// tells a shutdown when this has ended.
     async fn run(self, mut subscription: Subscription, _running: watch::Receiver<()>) {
         let slots = Arc::new(Semaphore::new(self.options.concurrency));
-        let mut running: JoinSet<CallOutcome> = JoinSet::new();
+        let mut running = Calls {
+            set: JoinSet::new(),
+            counters: self.counters.clone(),
+        };
         loop {
             tokio::select! {
                 event = subscription.next_event() => match event {
@@ -395,7 +413,7 @@ where
                             }
                         };
                         let timeout = self.options.timeout;
-                        running.spawn(async move {
+                        running.set.spawn(async move {
                             let _slot = slot;
                             let result = tokio::time::timeout(timeout, call).await;
                             result.map(|call| call.map_err(Into::into))
@@ -404,12 +422,12 @@ where
                     // The hub stopped: let the calls in flight finish.
                     Some(Err(_)) | None => break,
                 },
-                Some(outcome) = running.join_next(), if !running.is_empty() => {
+                Some(outcome) = running.set.join_next(), if !running.set.is_empty() => {
                     self.record_joined(outcome);
                 }
             }
         }
-        while let Some(outcome) = running.join_next().await {
+        while let Some(outcome) = running.set.join_next().await {
             self.record_joined(outcome);
         }
     }
@@ -430,6 +448,7 @@ where
                 ListenerEvent::Lagged { dropped }
             }
             ListenerEvent::Reconnected { generation } => {
+                // One per marker: markers with nothing between them merge.
                 self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 ListenerEvent::Reconnected { generation }
             }
@@ -444,7 +463,9 @@ where
             Err(join_error) if join_error.is_panic() => self.record(Err(CallError::Panicked)),
             // Cancelled: only when the guard is dropped or a shutdown timed
             // out, which ends this dispatcher.
-            Err(_cancelled) => {}
+            Err(_cancelled) => {
+                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -472,6 +493,22 @@ where
                 hooks.call(|hooks| hooks.on_handler_panic(channel));
             }
         }
+    }
+}
+
+/// A dispatcher's calls in flight. Dropped with calls still running (the
+/// dispatcher was cancelled), it counts them as cancelled as they go.
+struct Calls {
+    set: JoinSet<CallOutcome>,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Calls {
+    fn drop(&mut self) {
+        let cancelled = self.set.len() as u64;
+        self.counters
+            .cancelled
+            .fetch_add(cancelled, Ordering::Relaxed);
     }
 }
 

@@ -116,6 +116,11 @@ impl HookSlot {
         }
     }
 
+    /// Whether there are hooks to call.
+    pub(crate) fn is_set(&self) -> bool {
+        self.hooks.is_some()
+    }
+
     /// How many hook calls panicked.
     pub(crate) fn panics(&self) -> u64 {
         self.panics.load(Ordering::Relaxed)

@@ -102,11 +102,13 @@ impl std::fmt::Debug for PgNotifyHub {
     }
 }
 
-/// Counters of one channel of a hub, from [`PgNotifyHub::stats`].
-/// `delivered` and `dropped` add up over every subscription the channel has
-/// had, so they do not balance with `received` (each notification is
-/// received once and delivered or dropped once per subscriber): each
-/// subscription's own [`SubscriptionStats`] do.
+/// Counters of one channel of a hub, from [`PgNotifyHub::stats`], since
+/// the channel's current run of subscriptions began (when its last
+/// subscription is dropped, the channel and its counters go; a later
+/// subscription starts from zero). `delivered` and `dropped` add up over the
+/// subscriptions of that run, so they do not balance with `received` (each
+/// notification is received once and delivered or dropped once per
+/// subscriber): each subscription's own [`SubscriptionStats`] do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChannelStats {

@@ -138,9 +138,11 @@ impl Router {
             .retain(|(subscriber, _)| *subscriber != id);
         if route.subscribers.is_empty() {
             routes.remove(channel);
-            shared.update_channels(commands, |wanted| {
-                wanted.remove(channel);
-            });
+            // The wanted set changes under the routes lock, so that it always
+            // matches the routes; the driver is woken after.
+            shared.lock_channels().remove(channel);
+            drop(routes);
+            shared.request_sync(commands);
         }
     }
 
