@@ -9,8 +9,9 @@ pub use crate::error::{OrmError, OrmResult, ValidationError};
 #[cfg(feature = "listen")]
 pub use crate::listen::{
     notify, notify_batch, ChannelStats, HandlerGuard, HandlerOptions, HandlerStats, HubStats,
-    ListenerEvent, ListenerHooks, ListenerState, ListenerStats, NotificationBatch, PgListener,
-    PgListenerConfig, PgNotification, PgNotifyHub, QueuePolicy, Subscription, SubscriptionStats,
+    ListenerEvent, ListenerHooks, ListenerSession, ListenerState, ListenerStats, NotificationBatch,
+    PgListener, PgListenerConfig, PgListenerHandle, PgNotification, PgNotifyHub, QueuePolicy,
+    Subscription, SubscriptionStats,
 };
 #[cfg(feature = "json")]
 pub use crate::listen::{Channel, TypedEvent, TypedSubscription};

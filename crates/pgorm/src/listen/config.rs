@@ -293,7 +293,10 @@ impl PgListenerConfig {
     /// before any notification of that session is handed out, with a client
     /// on the listener's own connection. The one place to (re)load state that
     /// notifications keep current: nothing committed after the callback's
-    /// snapshot can be missed, since the session was already listening.
+    /// snapshot can be missed, since the session was already listening. (A
+    /// hub listens to the channels of its subscriptions: on its first
+    /// session it has none yet, so subscribe first and load after; on a
+    /// reconnect the callback runs with every subscribed channel listened to.)
     ///
     /// It must finish within the [`connect_timeout`](Self::connect_timeout).
     /// An error, a panic or the timeout fails the session like a failed

@@ -18,7 +18,8 @@ use crate::listen::trace;
 /// lock of its own while it calls a hook, so a hook may call back into the
 /// listener or hub (`stats()`, subscribing, dropping a subscription). A
 /// hook that panics is contained: the panic is counted
-/// ([`ListenerStats::hook_panics`](crate::listen::ListenerStats::hook_panics)),
+/// ([`ListenerStats::hook_panics`](crate::listen::ListenerStats::hook_panics),
+/// [`HubStats::hook_panics`](crate::listen::HubStats::hook_panics)),
 /// logged with the `tracing` feature, and the listener goes on. With the
 /// `tracing` feature the same events are also logged.
 ///
