@@ -280,8 +280,8 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn ok(_: Event) -> impl Future<Output = Result<(), HandlerError>> {
-        async { Ok(()) }
+    async fn ok(_: Event) -> Result<(), HandlerError> {
+        Ok(())
     }
 
     #[test]

@@ -238,7 +238,7 @@ async fn a_server_restart_during_processing_loses_nothing() {
         matches!(events.stats(&client).await, Ok(s) if s.depth == 0 && s.dead == 0)
     })
     .await;
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert!(ids.iter().all(|id| seen.contains_key(id)));
     let twice = seen.values().filter(|n| **n > 1).count();
     let stats = workers.stats();
