@@ -2,9 +2,11 @@
 //! events are kept) and [`WorkerConfig`] (how a worker pool claims and
 //! retries).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{EventsError, EventsResult};
+use crate::hooks::EventHooks;
 
 /// Where the event tables live and what happens to completed events.
 ///
@@ -106,9 +108,10 @@ impl EventsConfig {
 /// validates them.
 ///
 /// [`EventWorkers::start`]: crate::EventWorkers::start
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerConfig {
+    pub(crate) hooks: HooksSlot,
     pub(crate) concurrency: usize,
     pub(crate) max_batch: usize,
     pub(crate) lease: Duration,
@@ -123,6 +126,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
+            hooks: HooksSlot(None),
             concurrency: 8,
             max_batch: 100,
             lease: Duration::from_secs(30),
@@ -212,6 +216,13 @@ impl WorkerConfig {
         self
     }
 
+    /// Observes every outcome (default: none).
+    #[must_use]
+    pub fn hooks(mut self, hooks: impl EventHooks) -> Self {
+        self.hooks = HooksSlot(Some(Arc::new(hooks)));
+        self
+    }
+
     pub(crate) fn validate(&self) -> EventsResult<()> {
         if self.concurrency == 0 {
             return Err(EventsError::setting("concurrency", "must be at least 1"));
@@ -238,6 +249,16 @@ impl WorkerConfig {
             return Err(EventsError::setting("prune_interval", "must not be zero"));
         }
         Ok(())
+    }
+}
+
+/// The hooks of a pool, if any (a newtype so the config stays `Debug`).
+#[derive(Clone)]
+pub(crate) struct HooksSlot(pub(crate) Option<Arc<dyn EventHooks>>);
+
+impl std::fmt::Debug for HooksSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
     }
 }
 

@@ -310,15 +310,29 @@ impl Events {
         client: &C,
         claimed: &[ClaimedEvent],
     ) -> EventsResult<Vec<i64>> {
-        let ids: Vec<i64> = claimed.iter().map(|c| c.event.id).collect();
-        let tokens: Vec<i64> = claimed.iter().map(|c| c.lease_token).collect();
+        let leases: Vec<(i64, i64)> = claimed
+            .iter()
+            .map(|c| (c.event.id, c.lease_token))
+            .collect();
+        let accepted = self.complete_leases(client, &leases).await?;
+        Ok(accepted.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Completes events by `(id, lease token)`; returns the leases accepted.
+    pub(crate) async fn complete_leases<C: GenericClient + ?Sized>(
+        &self,
+        client: &C,
+        leases: &[(i64, i64)],
+    ) -> EventsResult<Vec<(i64, i64)>> {
+        let ids: Vec<i64> = leases.iter().map(|(id, _)| *id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|(_, token)| *token).collect();
         let sql = if self.config.completed_retention().is_some() {
             &self.sql.complete_keep_in
         } else {
             &self.sql.complete_delete_in
         };
         let rows = client.query(sql, &[&ids, &tokens]).await?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     /// Records a failed attempt: the event is retried after `retry_in`, or,

@@ -62,7 +62,7 @@
 //! | [`NewEvent`], [`Published`], [`BatchPublished`] | what to publish and what a publish did |
 //! | [`Router`] | exact, wildcard and prefix routes; `include` sub-routers |
 //! | [`EventWorkers`], [`WorkerConfig`] | a worker pool and its settings |
-//! | [`QueueStats`], [`WorkerStats`] | numbers to watch |
+//! | [`QueueStats`], [`WorkerStats`], [`EventHooks`] | numbers to watch, and callbacks on every outcome |
 //! | [`EventsError`] | the one error type |
 
 #![warn(missing_docs)]
@@ -72,6 +72,7 @@ mod config;
 mod error;
 mod event;
 mod events;
+mod hooks;
 mod router;
 mod sql;
 mod stats;
@@ -81,6 +82,7 @@ pub use config::{EventsConfig, WorkerConfig, MAX_SCHEMA_LEN};
 pub use error::{EventsError, EventsResult, HandlerError};
 pub use event::{ClaimedEvent, DeadEvent, Event, NewEvent, DEFAULT_MAX_ATTEMPTS};
 pub use events::{BatchPublished, Events, Published};
+pub use hooks::{EventHooks, Outcome, OutcomeKind};
 pub use router::Router;
 pub use stats::{QueueStats, TypeQueueStats, TypeWorkerStats, WorkerStats};
 pub use worker::{EventWorkers, ShutdownReport};

@@ -201,17 +201,18 @@ impl Statements {
             ),
             complete_delete_in: format!(
                 "DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
-                 WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id"
+                 WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id, l.token"
             ),
             complete_keep_in: format!(
                 "WITH done AS (\
                    DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
                    WHERE e.id = l.id AND e.lease_token = l.token \
-                   RETURNING e.id, e.event_type, e.payload, e.attempts, e.created_at), \
+                   RETURNING e.id, e.event_type, e.payload, e.attempts, e.created_at, l.token), \
                  kept AS (\
                    INSERT INTO {s}.completed_events (id, event_type, payload, attempts, created_at) \
-                   SELECT * FROM done ON CONFLICT (id) DO NOTHING) \
-                 SELECT id FROM done"
+                   SELECT id, event_type, payload, attempts, created_at FROM done \
+                   ON CONFLICT (id) DO NOTHING) \
+                 SELECT id, token FROM done"
             ),
             retry: format!(
                 "UPDATE {s}.events SET lease_token = NULL, lease_expires_at = NULL, \

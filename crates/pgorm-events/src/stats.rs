@@ -67,7 +67,9 @@ pub struct WorkerStats {
     pub dead: u64,
     /// Attempts whose event had no route (also counted as retried or dead).
     pub unrouted: u64,
-    /// Outcomes rejected because the lease had been lost.
+    /// Outcomes rejected because the lease had been lost, or that could not
+    /// be written after bounded retries (the event is taken again when its
+    /// lease expires).
     pub lease_lost: u64,
     /// Given back unfinished at shutdown.
     pub released: u64,

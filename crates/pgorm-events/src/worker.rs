@@ -18,11 +18,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgorm::listen::{ListenerEvent, PgNotifyHub, Subscription};
 use pgorm::PgClient;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::backoff::{jittered, retry_delay};
@@ -30,6 +30,7 @@ use crate::config::WorkerConfig;
 use crate::error::{describe, EventsError, EventsResult, HandlerError};
 use crate::event::ClaimedEvent;
 use crate::events::Events;
+use crate::hooks::{Outcome, OutcomeKind};
 use crate::router::{Handler, Router};
 use crate::stats::{TypeWorkerStats, WorkerStats};
 
@@ -112,6 +113,15 @@ struct Shared {
     slots: Arc<Semaphore>,
     in_flight: Mutex<HashMap<i64, InFlight>>,
     counters: Counters,
+    completions: mpsc::Sender<Completion>,
+}
+
+/// A completion for the completer task, which writes all that are waiting
+/// in one statement. The reply: `Some(true)` accepted, `Some(false)` lease
+/// lost, `None` the statement failed (the sender then writes it alone).
+struct Completion {
+    lease: (i64, i64),
+    reply: oneshot::Sender<Option<bool>>,
 }
 
 #[derive(Default)]
@@ -170,7 +180,9 @@ impl EventWorkers {
         config.validate()?;
         router.validate()?;
         let subscription = hub.subscribe(&events.config().wakeup_channel()).await?;
+        let (completions, completion_queue) = mpsc::channel(config.concurrency);
         let shared = Arc::new(Shared {
+            completions,
             client,
             events,
             router,
@@ -185,6 +197,7 @@ impl EventWorkers {
         let background = vec![
             tokio::spawn(listen_for_wakeups(shared.clone(), subscription)),
             tokio::spawn(heartbeat(shared.clone())),
+            tokio::spawn(complete_in_batches(shared.clone(), completion_queue)),
         ];
         Ok(EventWorkers {
             shared,
@@ -441,8 +454,9 @@ async fn run_event(shared: Arc<Shared>, claimed: ClaimedEvent, permit: OwnedSema
         token: claimed.lease_token,
         _permit: permit,
     };
+    let started = Instant::now();
     let attempt = attempt(&shared, &claimed).await;
-    settle(&shared, &claimed, attempt).await;
+    settle(&shared, &claimed, attempt, started).await;
 }
 
 async fn attempt(shared: &Shared, claimed: &ClaimedEvent) -> Attempt {
@@ -541,72 +555,116 @@ async fn contained<T: Send + 'static>(
     }
 }
 
-/// Writes the outcome, fenced by the lease, retrying on database errors a
-/// bounded number of times.
-async fn settle(shared: &Shared, claimed: &ClaimedEvent, attempt: Attempt) {
+/// Writes the outcome, counts it, and tells the hooks.
+async fn settle(shared: &Shared, claimed: &ClaimedEvent, attempt: Attempt, started: Instant) {
     let event = &claimed.event;
     let counters = &shared.counters;
-    let (error, unrouted) = match attempt {
-        Attempt::Committed => {
-            counters.processed.fetch_add(1, Ordering::Relaxed);
-            counters.per_type(&event.event_type, |t| t.processed += 1);
-            return;
-        }
-        Attempt::LeaseLost => {
-            lease_lost(shared, claimed);
-            return;
-        }
-        Attempt::Succeeded => (None, false),
-        Attempt::Failed { error, unrouted } => (Some(error), unrouted),
-    };
+    let unrouted = matches!(attempt, Attempt::Failed { unrouted: true, .. });
     if unrouted {
         counters.unrouted.fetch_add(1, Ordering::Relaxed);
     }
+    let Some(kind) = write_outcome(shared, claimed, attempt).await else {
+        // Not written: the lease expires and the event is claimed again.
+        counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    match &kind {
+        OutcomeKind::Completed => {
+            counters.processed.fetch_add(1, Ordering::Relaxed);
+            counters.per_type(&event.event_type, |t| t.processed += 1);
+        }
+        OutcomeKind::Retried { retry_in, .. } => {
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+            counters.per_type(&event.event_type, |t| t.retried += 1);
+            tracing::debug!(
+                id = event.id,
+                attempt = event.attempt,
+                ?retry_in,
+                "event attempt failed; retry scheduled"
+            );
+        }
+        OutcomeKind::Dead { .. } => {
+            counters.dead.fetch_add(1, Ordering::Relaxed);
+            counters.per_type(&event.event_type, |t| t.dead += 1);
+            tracing::warn!(id = event.id, event_type = %event.event_type, attempts = event.attempt, "event is dead");
+        }
+        OutcomeKind::LeaseLost => {
+            counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                id = event.id,
+                "lease lost before the outcome was written; the outcome was rejected"
+            );
+        }
+    }
+    if let Some(hooks) = &shared.config.hooks.0 {
+        let outcome = Outcome {
+            event_id: event.id,
+            event_type: event.event_type.clone(),
+            attempt: event.attempt,
+            unrouted,
+            duration: started.elapsed(),
+            kind,
+        };
+        let call = std::panic::AssertUnwindSafe(|| hooks.on_outcome(&outcome));
+        if std::panic::catch_unwind(call).is_err() {
+            tracing::error!(id = event.id, "an EventHooks::on_outcome call panicked");
+        }
+    }
+}
+
+/// Writes the outcome fenced by the lease, retrying on database errors a
+/// bounded number of times; `None` when it could not be written.
+async fn write_outcome(
+    shared: &Shared,
+    claimed: &ClaimedEvent,
+    attempt: Attempt,
+) -> Option<OutcomeKind> {
+    let event = &claimed.event;
+    let error = match attempt {
+        Attempt::Committed => return Some(OutcomeKind::Completed),
+        Attempt::LeaseLost => return Some(OutcomeKind::LeaseLost),
+        Attempt::Succeeded => None,
+        Attempt::Failed { error, .. } => Some(error),
+    };
     let retry_in = retry_delay(
         shared.config.backoff_base,
         shared.config.backoff_max,
         event.attempt,
     );
+    if error.is_none() {
+        match complete_batched(shared, claimed).await {
+            Some(true) => return Some(OutcomeKind::Completed),
+            Some(false) => return Some(OutcomeKind::LeaseLost),
+            None => {} // written alone below, with retries
+        }
+    }
     for write in 0..OUTCOME_WRITE_ATTEMPTS {
         let result = match &error {
             None => shared
                 .events
                 .complete(&shared.client, claimed)
                 .await
-                .map(|()| None),
+                .map(|()| OutcomeKind::Completed),
             Some(error) => shared
                 .events
                 .fail(&shared.client, claimed, error, retry_in)
                 .await
-                .map(Some),
+                .map(|dead| {
+                    if dead {
+                        OutcomeKind::Dead {
+                            error: error.clone(),
+                        }
+                    } else {
+                        OutcomeKind::Retried {
+                            error: error.clone(),
+                            retry_in,
+                        }
+                    }
+                }),
         };
         match result {
-            Ok(None) => {
-                counters.processed.fetch_add(1, Ordering::Relaxed);
-                counters.per_type(&event.event_type, |t| t.processed += 1);
-                return;
-            }
-            Ok(Some(false)) => {
-                counters.retried.fetch_add(1, Ordering::Relaxed);
-                counters.per_type(&event.event_type, |t| t.retried += 1);
-                tracing::debug!(
-                    id = event.id,
-                    attempt = event.attempt,
-                    ?retry_in,
-                    "event attempt failed; retry scheduled"
-                );
-                return;
-            }
-            Ok(Some(true)) => {
-                counters.dead.fetch_add(1, Ordering::Relaxed);
-                counters.per_type(&event.event_type, |t| t.dead += 1);
-                tracing::warn!(id = event.id, event_type = %event.event_type, attempts = event.attempt, "event is dead");
-                return;
-            }
-            Err(EventsError::LeaseLost { .. }) => {
-                lease_lost(shared, claimed);
-                return;
-            }
+            Ok(kind) => return Some(kind),
+            Err(EventsError::LeaseLost { .. }) => return Some(OutcomeKind::LeaseLost),
             Err(db) => {
                 database_error(shared, "outcome", &db);
                 if write + 1 < OUTCOME_WRITE_ATTEMPTS {
@@ -615,16 +673,42 @@ async fn settle(shared: &Shared, claimed: &ClaimedEvent, attempt: Attempt) {
             }
         }
     }
-    // Not written: the lease expires and the event is claimed again.
-    counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+    None
 }
 
-fn lease_lost(shared: &Shared, claimed: &ClaimedEvent) {
-    shared.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(
-        id = claimed.event.id,
-        "lease lost before the outcome was written; the outcome was rejected"
-    );
+/// Hands a completion to the completer task and waits for its verdict.
+async fn complete_batched(shared: &Shared, claimed: &ClaimedEvent) -> Option<bool> {
+    let (reply, verdict) = oneshot::channel();
+    let completion = Completion {
+        lease: (claimed.event.id, claimed.lease_token),
+        reply,
+    };
+    shared.completions.send(completion).await.ok()?;
+    verdict.await.ok().flatten()
+}
+
+/// Writes the completions that are waiting, up to `max_batch` at a time,
+/// in one statement each.
+async fn complete_in_batches(shared: Arc<Shared>, mut queue: mpsc::Receiver<Completion>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, shared.config.max_batch).await > 0 {
+        let leases: Vec<(i64, i64)> = batch.iter().map(|c| c.lease).collect();
+        match shared.events.complete_leases(&shared.client, &leases).await {
+            Ok(accepted) => {
+                for completion in batch.drain(..) {
+                    let _ = completion
+                        .reply
+                        .send(Some(accepted.contains(&completion.lease)));
+                }
+            }
+            Err(error) => {
+                database_error(&shared, "complete", &error);
+                for completion in batch.drain(..) {
+                    let _ = completion.reply.send(None);
+                }
+            }
+        }
+    }
 }
 
 /// Turns every item of the wake-up subscription into a wake-up (a

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use pgorm::{GenericClient, PgClient};
-use pgorm_events::{EventWorkers, Events, NewEvent, Router, WorkerConfig};
+use pgorm_events::{
+    EventHooks, EventWorkers, Events, NewEvent, Outcome, OutcomeKind, Router, WorkerConfig,
+};
 use serde_json::json;
 use support::*;
 
@@ -82,6 +84,26 @@ async fn delayed_events_never_run_early_and_start_promptly() {
     workers.shutdown().await.unwrap();
 }
 
+/// Records the kind of every outcome, by name.
+#[derive(Clone, Default)]
+struct Kinds(Arc<Mutex<Vec<&'static str>>>);
+
+impl EventHooks for Kinds {
+    fn on_outcome(&self, outcome: &Outcome) {
+        let kind = match outcome.kind {
+            OutcomeKind::Completed => "completed",
+            OutcomeKind::Retried { .. } => "retried",
+            OutcomeKind::Dead { .. } => "dead",
+            OutcomeKind::LeaseLost => "lease_lost",
+            _ => "other",
+        };
+        self.0.lock().unwrap().push(kind);
+        if kind == "dead" {
+            panic!("a panicking hook is contained");
+        }
+    }
+}
+
 #[tokio::test]
 async fn retries_follow_the_backoff_and_end_dead_with_the_error_kept_then_requeue_works() {
     let (_url, client, events) = setup().await;
@@ -105,7 +127,9 @@ async fn retries_follow_the_backoff_and_end_dead_with_the_error_kept_then_requeu
             }
         })
     };
-    let workers = EventWorkers::start(client.clone(), events.clone(), router, fast())
+    let kinds = Kinds::default();
+    let config = fast().hooks(kinds.clone());
+    let workers = EventWorkers::start(client.clone(), events.clone(), router, config)
         .await
         .unwrap();
     let id = events
@@ -153,6 +177,10 @@ async fn retries_follow_the_backoff_and_end_dead_with_the_error_kept_then_requeu
     .await;
     let stats = stats(&events, &client).await;
     assert_eq!((stats.depth, stats.dead), (0, 0));
+    assert_eq!(
+        *kinds.0.lock().unwrap(),
+        ["retried", "retried", "retried", "dead", "completed"]
+    );
     workers.shutdown().await.unwrap();
 }
 
