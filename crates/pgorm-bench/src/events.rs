@@ -100,7 +100,10 @@ async fn fill(events: &Events, client: &PgClient, total: usize) {
         let batch = (0..5000)
             .map(|i| NewEvent::new("bench", &serde_json::json!({ "i": i })).unwrap())
             .collect();
-        events.publish_batch(client, batch).await.expect("publish batch");
+        events
+            .publish_batch(client, batch)
+            .await
+            .expect("publish batch");
     }
 }
 
