@@ -68,6 +68,7 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod cached;
 mod config;
 mod error;
 mod event;

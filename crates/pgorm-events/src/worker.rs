@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore}
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::backoff::{jittered, retry_delay};
+use crate::cached::Cached;
 use crate::config::WorkerConfig;
 use crate::error::{describe, EventsError, EventsResult, HandlerError};
 use crate::event::ClaimedEvent;
@@ -270,7 +271,7 @@ impl EventWorkers {
         let released = self
             .shared
             .events
-            .release(&self.shared.client, &leftovers)
+            .release(&Cached(&self.shared.client), &leftovers)
             .await?;
         self.shared
             .counters
@@ -326,7 +327,7 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         if free > 0 {
             match shared
                 .events
-                .claim(&shared.client, free, shared.config.lease)
+                .claim(&Cached(&shared.client), free, shared.config.lease)
                 .await
             {
                 Ok(claimed) => {
@@ -338,7 +339,7 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     if full {
                         continue;
                     }
-                    match shared.events.next_due(&shared.client).await {
+                    match shared.events.next_due(&Cached(&shared.client)).await {
                         Ok(due) => next_due = due,
                         Err(error) => database_error(&shared, "next due", &error),
                     }
@@ -642,12 +643,12 @@ async fn write_outcome(
         let result = match &error {
             None => shared
                 .events
-                .complete(&shared.client, claimed)
+                .complete(&Cached(&shared.client), claimed)
                 .await
                 .map(|()| OutcomeKind::Completed),
             Some(error) => shared
                 .events
-                .fail(&shared.client, claimed, error, retry_in)
+                .fail(&Cached(&shared.client), claimed, error, retry_in)
                 .await
                 .map(|dead| {
                     if dead {
@@ -693,7 +694,11 @@ async fn complete_in_batches(shared: Arc<Shared>, mut queue: mpsc::Receiver<Comp
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, shared.config.max_batch).await > 0 {
         let leases: Vec<(i64, i64)> = batch.iter().map(|c| c.lease).collect();
-        match shared.events.complete_leases(&shared.client, &leases).await {
+        match shared
+            .events
+            .complete_leases(&Cached(&shared.client), &leases)
+            .await
+        {
             Ok(accepted) => {
                 for completion in batch.drain(..) {
                     let _ = completion
@@ -744,7 +749,7 @@ async fn heartbeat(shared: Arc<Shared>) {
         if !held.is_empty() {
             match shared
                 .events
-                .renew(&shared.client, &held, shared.config.lease)
+                .renew(&Cached(&shared.client), &held, shared.config.lease)
                 .await
             {
                 Ok(renewed) if renewed.len() < held.len() => {
@@ -762,7 +767,11 @@ async fn heartbeat(shared: Arc<Shared>) {
             && shared.events.config().completed_retention().is_some()
         {
             since_prune = Duration::ZERO;
-            if let Err(error) = shared.events.prune_completed(&shared.client, 1000).await {
+            if let Err(error) = shared
+                .events
+                .prune_completed(&Cached(&shared.client), 1000)
+                .await
+            {
                 database_error(&shared, "prune", &error);
             }
         }
