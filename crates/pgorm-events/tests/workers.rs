@@ -560,3 +560,46 @@ async fn stats_report_due_delayed_running_and_oldest_age() {
     assert_eq!(stats.by_type["a"].due, 1);
     assert_eq!(stats.by_type["b"].delayed, 1);
 }
+
+#[tokio::test]
+async fn an_event_whose_last_attempt_died_with_its_worker_ends_dead_without_running_again() {
+    let (_url, client, events) = setup().await;
+    events
+        .publish(
+            &client,
+            NewEvent::new("job", &json!({})).unwrap().max_attempts(1),
+        )
+        .await
+        .unwrap();
+    // Attempt 1 is claimed by a worker that then vanishes.
+    let abandoned = events
+        .claim(&client, 1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(abandoned.len(), 1);
+    let ran = Arc::new(AtomicU32::new(0));
+    let router = {
+        let ran = ran.clone();
+        Router::new().on("job", move |_event| {
+            let ran = ran.clone();
+            async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    };
+    let workers = EventWorkers::start(client.clone(), events.clone(), router, fast())
+        .await
+        .unwrap();
+    until("the abandoned event is dead", || async {
+        stats(&events, &client).await.dead == 1
+    })
+    .await;
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    let dead = events.list_dead(&client, 0, 10).await.unwrap();
+    assert_eq!(
+        dead[0].last_error,
+        "the worker of attempt 1 stopped without an outcome (its lease expired)"
+    );
+    workers.shutdown().await.unwrap();
+}
