@@ -206,7 +206,8 @@ pub struct DeadEvent {
     pub id: i64,
     /// Its type.
     pub event_type: String,
-    /// Its payload.
+    /// Its payload. If serde_json cannot decode the stored JSON (a number
+    /// beyond `f64`, say), this is the stored text as a JSON string.
     pub payload: serde_json::Value,
     /// How many attempts were made.
     pub attempts: i32,

@@ -253,7 +253,9 @@ impl Events {
 
     /// Claims up to `limit` due events (and events whose lease expired)
     /// with `FOR UPDATE SKIP LOCKED`, each under a new lease of `lease`.
-    /// Each claim counts as an attempt. [`EventWorkers`](crate::EventWorkers)
+    /// Each claim counts as an attempt. An event whose payload cannot be
+    /// decoded is moved to dead events at once (with the decoder's error)
+    /// instead of being returned. [`EventWorkers`](crate::EventWorkers)
     /// does this for you; call it directly to run events your own way.
     ///
     /// # Errors
@@ -268,7 +270,25 @@ impl Events {
         let rows = client
             .query(&self.sql.claim, &[&limit, &lease.as_secs_f64()])
             .await?;
-        rows.iter().map(ClaimedEvent::from_row).collect()
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match ClaimedEvent::from_row(row) {
+                Ok(event) => claimed.push(event),
+                Err(error) => {
+                    // A payload serde_json cannot read (say, a number beyond
+                    // f64) would fail every claim forever: it goes dead at
+                    // once instead, visible with its error.
+                    let id: i64 = row.get(0);
+                    let token: i64 = row.get(9);
+                    let error = format!("the payload could not be decoded: {error}");
+                    tracing::warn!(id, %error, "event moved to dead events");
+                    client
+                        .execute(&self.sql.bury, &[&id, &token, &error])
+                        .await?;
+                }
+            }
+        }
+        Ok(claimed)
     }
 
     /// Marks a claimed event done (deleted, or moved to `completed_events`
@@ -477,7 +497,7 @@ impl Events {
                     id: row.get(0),
                     event_type: row.get(1),
                     payload: serde_json::from_str(&payload)
-                        .map_err(|source| EventsError::Encode { source })?,
+                        .unwrap_or(serde_json::Value::String(payload)),
                     attempts: row.get(3),
                     max_attempts: row.get(4),
                     last_error: row.get(5),

@@ -603,3 +603,41 @@ async fn an_event_whose_last_attempt_died_with_its_worker_ends_dead_without_runn
     );
     workers.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_undecodable_payload_goes_dead_instead_of_blocking_claims() {
+    let (_url, client, events) = setup().await;
+    client
+        .execute(
+            "INSERT INTO pgorm_events.events (event_type, payload) VALUES ('odd', '1e400')",
+            &[],
+        )
+        .await
+        .unwrap();
+    events
+        .publish(&client, NewEvent::new("fine", &json!(1)).unwrap())
+        .await
+        .unwrap();
+    let claimed = events
+        .claim(&client, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event().event_type, "fine");
+    let dead = events.list_dead(&client, 0, 10).await.unwrap();
+    // Listed with the stored text, since it cannot be decoded.
+    // (PostgreSQL prints the numeric in full.)
+    let text = dead[0].payload.as_str().unwrap();
+    assert!(text.starts_with("1000") && text.len() == 401, "{text}");
+    let stats = stats(&events, &client).await;
+    assert_eq!((stats.dead, stats.running), (1, 1));
+    let last_error: String = client
+        .query_one("SELECT last_error FROM pgorm_events.dead_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        last_error.starts_with("the payload could not be decoded"),
+        "{last_error}"
+    );
+}
