@@ -77,7 +77,10 @@ pub struct EventWorkers {
     stop: watch::Sender<bool>,
     coordinator: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
-    hub: Option<PgNotifyHub>,
+    /// Kept so the wake-up subscription lives as long as the pool.
+    hub: PgNotifyHub,
+    /// Whether the pool opened the hub itself (and closes it at shutdown).
+    owns_hub: bool,
 }
 
 impl std::fmt::Debug for EventWorkers {
@@ -163,11 +166,15 @@ impl EventWorkers {
         config.validate()?;
         router.validate()?;
         let hub = client.hub().await?;
-        Self::start_with_hub(client, events, router, config, hub).await
+        let mut workers = Self::start_with_hub(client, events, router, config, hub).await?;
+        // The pool opened this hub: it closes it at shutdown.
+        workers.owns_hub = true;
+        Ok(workers)
     }
 
     /// As [`start`](Self::start), with wake-ups from `hub` (shared with the
-    /// rest of the application, or connected another way).
+    /// rest of the application, or connected another way). The pool only
+    /// subscribes; it never closes a hub it was given.
     ///
     /// # Errors
     /// As [`start`](Self::start).
@@ -205,7 +212,8 @@ impl EventWorkers {
             stop,
             coordinator: Some(coordinator),
             background,
-            hub: Some(hub),
+            hub,
+            owns_hub: false,
         })
     }
 
@@ -277,8 +285,10 @@ impl EventWorkers {
             .counters
             .released
             .fetch_add(released, Ordering::Relaxed);
-        if let Some(hub) = self.hub.take() {
-            let _ = hub.close().await;
+        if self.owns_hub {
+            if let Err(error) = self.hub.close().await {
+                tracing::debug!(%error, "closing the pool's wake-up hub failed");
+            }
         }
         Ok(ShutdownReport { drained, released })
     }

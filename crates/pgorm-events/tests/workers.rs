@@ -641,3 +641,24 @@ async fn an_undecodable_payload_goes_dead_instead_of_blocking_claims() {
         "{last_error}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_leaves_a_hub_it_was_given_open() {
+    let (url, client, events) = setup().await;
+    let hub = pgorm::listen::PgNotifyHub::connect(&url).await.unwrap();
+    let router = Router::new().on("x", |_event| async { Ok(()) });
+    let workers =
+        EventWorkers::start_with_hub(client.clone(), events.clone(), router, fast(), hub.clone())
+            .await
+            .unwrap();
+    workers.shutdown().await.unwrap();
+    let mut other = hub.subscribe("still_open").await.unwrap();
+    pgorm::listen::notify(&client, "still_open", "yes")
+        .await
+        .unwrap();
+    let notification = within("the notification", other.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(notification.payload, "yes");
+}
