@@ -337,7 +337,7 @@ async fn a_backend_left_behind_by_a_dead_path_is_ended_after_the_reconnect() {
     proxy.sever_open_connections();
     assert!(matches!(
         next_event(&mut listener).await,
-        ListenerEvent::Reconnected { generation: 1 }
+        ListenerEvent::Reconnected { .. }
     ));
     eventually("the old backend to be ended", || async {
         let now = backends_named(&admin, &name).await;

@@ -1,6 +1,7 @@
 //! pgorm's LISTEN/NOTIFY benchmark.
 //!
 //! `cargo run --release --manifest-path crates/pgorm-bench/Cargo.toml -- [--rounds N] [WORKLOAD…]`
+//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`)
 //!
 //! Runs every peer on the same server and publisher, interleaved within each
 //! round, each measurement in a child process of its own (so peak memory is
@@ -8,6 +9,7 @@
 //! and max, and ratios to the raw tokio-postgres loop of the same round.
 //! Uses `DATABASE_URL` if set, else a throwaway server from pgorm-testkit.
 
+mod events;
 mod measure;
 mod peers;
 
@@ -64,6 +66,7 @@ fn runs_of(workload: &str) -> Vec<&'static str> {
             SQLX,
         ],
         "reconnect" => vec![LISTENER, "pgorm PgNotifyHub x1", SQLX],
+        "events" => events::RUNS.to_vec(),
         other => panic!("unknown workload {other}"),
     }
 }
@@ -84,7 +87,7 @@ fn parent(args: &[String]) {
         }
     }
     if workloads.is_empty() {
-        workloads = ["throughput", "latency", "burst", "reconnect"]
+        workloads = ["throughput", "latency", "burst", "reconnect", "events"]
             .map(String::from)
             .to_vec();
     }
@@ -181,6 +184,7 @@ fn metrics_of(workload: &str) -> Vec<(&'static str, &'static str, bool)> {
             ("marker_ms", "Reconnected marker, ms", false),
             ("connect_ms", "one plain connect, ms", false),
         ],
+        "events" => events::METRICS.to_vec(),
         _ => Vec::new(),
     }
 }
@@ -263,6 +267,7 @@ fn child(workload: &str, run: &str, url: &str) -> Results {
             "latency" => latency(run, url).await,
             "burst" => burst(run, url).await,
             "reconnect" => reconnect(run, url).await,
+            "events" => events::run(run, url).await,
             other => panic!("unknown workload {other}"),
         }
     })

@@ -1,0 +1,316 @@
+//! The SQL of pgorm-events: identifier and literal quoting, the shipped
+//! migrations, and every statement, built once per schema.
+
+/// Quotes an identifier the way PostgreSQL's `quote_ident` does (always).
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal (standard-conforming strings).
+pub(crate) fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The shipped migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
+/// `{s}` is the quoted schema, `{channel}` the wake-up channel as a literal.
+/// Never edit a shipped migration; add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the queue, dead and completed events, wake-ups.
+    r#"
+CREATE TABLE {s}.events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_type text NOT NULL,
+    payload jsonb NOT NULL,
+    priority smallint NOT NULL DEFAULT 0,
+    run_at timestamptz NOT NULL DEFAULT now(),
+    attempts integer NOT NULL DEFAULT 0,
+    max_attempts integer NOT NULL DEFAULT 25 CHECK (max_attempts > 0),
+    idempotency_key text,
+    lease_token bigint,
+    lease_expires_at timestamptz,
+    last_error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CHECK ((lease_token IS NULL) = (lease_expires_at IS NULL))
+) WITH (
+    fillfactor = 85,
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 5000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+CREATE INDEX events_due ON {s}.events (priority, run_at, id) WHERE lease_token IS NULL;
+CREATE INDEX events_next_run ON {s}.events (run_at) WHERE lease_token IS NULL;
+CREATE INDEX events_leased ON {s}.events (lease_expires_at) WHERE lease_token IS NOT NULL;
+CREATE UNIQUE INDEX events_idempotency_key ON {s}.events (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE SEQUENCE {s}.lease_tokens;
+CREATE TABLE {s}.dead_events (
+    id bigint PRIMARY KEY,
+    event_type text NOT NULL,
+    payload jsonb NOT NULL,
+    priority smallint NOT NULL,
+    attempts integer NOT NULL,
+    max_attempts integer NOT NULL,
+    idempotency_key text,
+    last_error text NOT NULL,
+    created_at timestamptz NOT NULL,
+    died_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dead_events_died_at ON {s}.dead_events (died_at, id);
+CREATE TABLE {s}.completed_events (
+    id bigint PRIMARY KEY,
+    event_type text NOT NULL,
+    payload jsonb NOT NULL,
+    attempts integer NOT NULL,
+    created_at timestamptz NOT NULL,
+    completed_at timestamptz NOT NULL DEFAULT now()
+) WITH (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0
+);
+CREATE INDEX completed_events_completed_at ON {s}.completed_events (completed_at);
+CREATE FUNCTION {s}.wake() RETURNS trigger LANGUAGE plpgsql AS $pgorm$
+BEGIN
+    -- One constant notification per statement; PostgreSQL folds identical
+    -- notifications of a transaction into one.
+    PERFORM pg_notify({channel}, '');
+    RETURN NULL;
+END
+$pgorm$;
+CREATE TRIGGER wake AFTER INSERT ON {s}.events
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.wake();
+"#,
+];
+
+/// The newest schema version this release ships.
+pub(crate) const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Every statement, with the schema filled in.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub schema: String,
+    pub channel_literal: String,
+    pub create_schema: String,
+    pub create_version_table: String,
+    pub current_version: String,
+    pub record_version: String,
+    pub publish: String,
+    pub existing_key: String,
+    pub publish_batch: String,
+    pub claim: String,
+    pub next_due: String,
+    pub complete_delete: String,
+    pub complete_keep: String,
+    pub complete_delete_in: String,
+    pub complete_keep_in: String,
+    pub retry: String,
+    pub bury: String,
+    pub renew: String,
+    pub release: String,
+    pub wake: String,
+    pub stats_queue: String,
+    pub stats_dead: String,
+    pub list_dead: String,
+    pub requeue_dead: String,
+    pub purge_dead: String,
+    pub prune_completed: String,
+}
+
+const EVENT_COLUMNS: &str = "e.id, e.event_type, e.payload::text, e.priority, e.attempts, \
+     e.max_attempts, e.run_at, e.created_at, e.idempotency_key, e.lease_token";
+
+impl Statements {
+    pub(crate) fn new(schema: &str, channel: &str) -> Statements {
+        let s = quote_ident(schema);
+        let sequence = quote_literal(&format!("{s}.{}", quote_ident("lease_tokens")));
+        let channel_literal = quote_literal(channel);
+        Statements {
+            schema: s.clone(),
+            channel_literal: channel_literal.clone(),
+            create_schema: format!("CREATE SCHEMA IF NOT EXISTS {s}"),
+            create_version_table: format!(
+                "CREATE TABLE IF NOT EXISTS {s}.schema_version (\
+                 version integer PRIMARY KEY, \
+                 applied_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            current_version: format!(
+                "SELECT COALESCE(max(version), 0) FROM {s}.schema_version"
+            ),
+            record_version: format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
+            publish: format!(
+                "INSERT INTO {s}.events \
+                 (event_type, payload, priority, run_at, max_attempts, idempotency_key) \
+                 VALUES ($1, $2::text::jsonb, $3, \
+                 COALESCE($4::timestamptz, clock_timestamp() + make_interval(secs => COALESCE($5::float8, 0))), \
+                 $6, $7) \
+                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                 RETURNING id"
+            ),
+            existing_key: format!("SELECT id FROM {s}.events WHERE idempotency_key = $1"),
+            publish_batch: format!(
+                "INSERT INTO {s}.events \
+                 (event_type, payload, priority, run_at, max_attempts, idempotency_key) \
+                 SELECT u.t, u.p::jsonb, u.pr, \
+                 COALESCE(u.ra, clock_timestamp() + make_interval(secs => COALESCE(u.d, 0))), \
+                 u.ma, u.k \
+                 FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], \
+                 $5::float8[], $6::int4[], $7::text[]) AS u(t, p, pr, ra, d, ma, k) \
+                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                 RETURNING id, idempotency_key"
+            ),
+            // Expired leases first (rescue), then due events in priority
+            // order; both through partial indexes that hold only the rows
+            // they look for.
+            claim: format!(
+                "WITH expired AS (\
+                   SELECT id FROM {s}.events \
+                   WHERE lease_token IS NOT NULL AND lease_expires_at < now() \
+                   ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+                 due AS (\
+                   SELECT id FROM {s}.events \
+                   WHERE lease_token IS NULL AND run_at <= now() \
+                   ORDER BY priority, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED), \
+                 picked AS (\
+                   SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT $1) \
+                 UPDATE {s}.events e SET \
+                   lease_token = nextval({sequence}), \
+                   lease_expires_at = clock_timestamp() + make_interval(secs => $2::float8), \
+                   attempts = e.attempts + 1 \
+                 FROM picked WHERE e.id = picked.id \
+                 RETURNING {EVENT_COLUMNS}"
+            ),
+            next_due: format!(
+                "SELECT EXTRACT(EPOCH FROM (least(\
+                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL \
+                    ORDER BY run_at LIMIT 1), \
+                   (SELECT lease_expires_at FROM {s}.events WHERE lease_token IS NOT NULL \
+                    ORDER BY lease_expires_at LIMIT 1)) - clock_timestamp()))::float8"
+            ),
+            complete_delete: format!(
+                "DELETE FROM {s}.events WHERE id = $1 AND lease_token = $2"
+            ),
+            complete_keep: format!(
+                "WITH done AS (\
+                   DELETE FROM {s}.events WHERE id = $1 AND lease_token = $2 \
+                   RETURNING id, event_type, payload, attempts, created_at) \
+                 INSERT INTO {s}.completed_events (id, event_type, payload, attempts, created_at) \
+                 SELECT * FROM done ON CONFLICT (id) DO NOTHING"
+            ),
+            complete_delete_in: format!(
+                "DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
+                 WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id, l.token"
+            ),
+            complete_keep_in: format!(
+                "WITH done AS (\
+                   DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
+                   WHERE e.id = l.id AND e.lease_token = l.token \
+                   RETURNING e.id, e.event_type, e.payload, e.attempts, e.created_at, l.token), \
+                 kept AS (\
+                   INSERT INTO {s}.completed_events (id, event_type, payload, attempts, created_at) \
+                   SELECT id, event_type, payload, attempts, created_at FROM done \
+                   ON CONFLICT (id) DO NOTHING) \
+                 SELECT id, token FROM done"
+            ),
+            retry: format!(
+                "UPDATE {s}.events SET lease_token = NULL, lease_expires_at = NULL, \
+                 run_at = clock_timestamp() + make_interval(secs => $4::float8), last_error = $3 \
+                 WHERE id = $1 AND lease_token = $2"
+            ),
+            bury: format!(
+                "WITH gone AS (\
+                   DELETE FROM {s}.events WHERE id = $1 AND lease_token = $2 \
+                   RETURNING id, event_type, payload, priority, attempts, max_attempts, \
+                   idempotency_key, created_at) \
+                 INSERT INTO {s}.dead_events (id, event_type, payload, priority, attempts, \
+                   max_attempts, idempotency_key, created_at, last_error) \
+                 SELECT gone.*, $3::text FROM gone"
+            ),
+            renew: format!(
+                "UPDATE {s}.events e \
+                 SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8) \
+                 FROM unnest($1::int8[], $2::int8[]) AS l(id, token) \
+                 WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id"
+            ),
+            release: format!(
+                "UPDATE {s}.events e SET lease_token = NULL, lease_expires_at = NULL, \
+                 attempts = greatest(e.attempts - 1, 0) \
+                 FROM unnest($1::int8[], $2::int8[]) AS l(id, token) \
+                 WHERE e.id = l.id AND e.lease_token = l.token"
+            ),
+            wake: format!("SELECT pg_notify({channel_literal}, '')"),
+            stats_queue: format!(
+                "SELECT event_type, \
+                   count(*) FILTER (WHERE lease_token IS NULL AND run_at <= now()), \
+                   count(*) FILTER (WHERE lease_token IS NULL AND run_at > now()), \
+                   count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at >= now()), \
+                   count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at < now()), \
+                   EXTRACT(EPOCH FROM now() - min(run_at) \
+                     FILTER (WHERE lease_token IS NULL AND run_at <= now()))::float8 \
+                 FROM {s}.events GROUP BY event_type"
+            ),
+            stats_dead: format!("SELECT event_type, count(*) FROM {s}.dead_events GROUP BY event_type"),
+            list_dead: format!(
+                "SELECT id, event_type, payload::text, attempts, max_attempts, last_error, \
+                 idempotency_key, created_at, died_at \
+                 FROM {s}.dead_events WHERE id > $1 ORDER BY id LIMIT $2"
+            ),
+            requeue_dead: format!(
+                "WITH moved AS (\
+                   DELETE FROM {s}.dead_events WHERE id = ANY($1::int8[]) \
+                   RETURNING id, event_type, payload, priority, max_attempts, idempotency_key, \
+                   last_error, created_at) \
+                 INSERT INTO {s}.events (id, event_type, payload, priority, max_attempts, \
+                   idempotency_key, last_error, created_at) OVERRIDING SYSTEM VALUE \
+                 SELECT * FROM moved"
+            ),
+            purge_dead: format!("DELETE FROM {s}.dead_events WHERE id = ANY($1::int8[])"),
+            prune_completed: format!(
+                "DELETE FROM {s}.completed_events WHERE id IN (\
+                   SELECT id FROM {s}.completed_events \
+                   WHERE completed_at < now() - make_interval(secs => $1::float8) LIMIT $2)"
+            ),
+        }
+    }
+
+    /// The shipped migrations after `version`, with the schema filled in.
+    pub(crate) fn migrations_after(&self, version: i32) -> Vec<(i32, String)> {
+        MIGRATIONS
+            .iter()
+            .enumerate()
+            .map(|(index, sql)| (index as i32 + 1, sql))
+            .filter(|(number, _)| *number > version)
+            .map(|(number, sql)| {
+                let sql = sql
+                    .replace("{s}", &self.schema)
+                    .replace("{channel}", &self.channel_literal);
+                (number, sql)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_literals_are_always_quoted() {
+        assert_eq!(quote_ident("events"), "\"events\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn migrations_fill_in_the_quoted_schema() {
+        let statements = Statements::new("My Schema", "pgorm_events.My Schema");
+        let migrations = statements.migrations_after(0);
+        assert_eq!(migrations.len() as i32, LATEST_VERSION);
+        assert!(migrations[0].1.contains("\"My Schema\".events"));
+        assert!(migrations[0].1.contains("'pgorm_events.My Schema'"));
+        assert!(!migrations[0].1.contains("{s}"));
+        assert!(statements.migrations_after(LATEST_VERSION).is_empty());
+    }
+}

@@ -1,0 +1,789 @@
+//! [`EventWorkers`]: a pool of handler slots that claims due events in
+//! batches sized to its free slots, under leases it renews while handlers
+//! run, woken by NOTIFY through the hub, a jittered poll, and a timer for
+//! the next delayed event or expiring lease.
+//!
+//! # How an event moves
+//!
+//! 1. The coordinator task claims up to `free slots` events in one
+//!    statement (`FOR UPDATE SKIP LOCKED`, expired leases included: that is
+//!    the rescue of events whose worker died).
+//! 2. Each runs in its own task: the handler runs in a further task, so a
+//!    panic or a timeout is contained and becomes a failed attempt.
+//! 3. The outcome (done, retry with backoff, dead) is written fenced by the
+//!    lease token; a rejected outcome is counted as `lease_lost`.
+//! 4. A heartbeat renews the leases of running events every third of the
+//!    lease.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgorm::listen::{ListenerEvent, PgNotifyHub, Subscription};
+use pgorm::PgClient;
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::backoff::{jittered, retry_delay};
+use crate::cached::Cached;
+use crate::config::WorkerConfig;
+use crate::error::{describe, EventsError, EventsResult, HandlerError};
+use crate::event::ClaimedEvent;
+use crate::events::Events;
+use crate::hooks::{Outcome, OutcomeKind};
+use crate::router::{Handler, Router};
+use crate::stats::{TypeWorkerStats, WorkerStats};
+
+/// How many times an outcome write is tried before the pool leaves the
+/// event to be reclaimed when its lease expires.
+const OUTCOME_WRITE_ATTEMPTS: u32 = 6;
+
+/// A running worker pool. Stop it with [`shutdown`](Self::shutdown);
+/// dropped without it, every task of the pool is aborted at once and its
+/// events are taken again when their leases expire.
+///
+/// ```
+/// use std::time::Duration;
+/// use pgorm::PgClient;
+/// use pgorm_events::{EventWorkers, Events, EventsConfig, NewEvent, Router, WorkerConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let url = pgorm_testkit::TestServer::shared().create_database().await?;
+/// let client = PgClient::connect(&url).await?;
+/// let events = Events::new(EventsConfig::new())?;
+/// events.migrate(&client).await?;
+///
+/// let (done_tx, mut done) = tokio::sync::mpsc::channel(1);
+/// let router = Router::new().on("greeting", move |event| {
+///     let done_tx = done_tx.clone();
+///     async move {
+///         done_tx.send(event.payload["name"].to_string()).await?;
+///         Ok(())
+///     }
+/// });
+/// let workers = EventWorkers::start(client.clone(), events.clone(), router, WorkerConfig::new()).await?;
+///
+/// events.publish(&client, NewEvent::new("greeting", &serde_json::json!({"name": "ada"}))?).await?;
+/// assert_eq!(done.recv().await.as_deref(), Some("\"ada\""));
+///
+/// let report = workers.shutdown().await?;
+/// assert_eq!(report.released, 0);
+/// # Ok(()) }
+/// ```
+pub struct EventWorkers {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    coordinator: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    /// Kept so the wake-up subscription lives as long as the pool.
+    hub: PgNotifyHub,
+    /// Whether the pool opened the hub itself (and closes it at shutdown).
+    owns_hub: bool,
+}
+
+impl std::fmt::Debug for EventWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventWorkers")
+            .field("schema", &self.shared.events.config().schema_name())
+            .field("concurrency", &self.shared.config.concurrency)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Whether every running handler finished within the shutdown timeout.
+    pub drained: bool,
+    /// How many unfinished events were given back for others to take.
+    pub released: u64,
+}
+
+struct InFlight {
+    token: i64,
+    abort: AbortHandle,
+}
+
+struct Shared {
+    client: PgClient,
+    events: Events,
+    router: Router,
+    config: WorkerConfig,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    in_flight: Mutex<HashMap<i64, InFlight>>,
+    counters: Counters,
+    completions: mpsc::Sender<Completion>,
+}
+
+/// A completion for the completer task, which writes all that are waiting
+/// in one statement. The reply: `Some(true)` accepted, `Some(false)` lease
+/// lost, `None` the statement failed (the sender then writes it alone).
+struct Completion {
+    lease: (i64, i64),
+    reply: oneshot::Sender<Option<bool>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    claimed: AtomicU64,
+    running: AtomicU64,
+    processed: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    unrouted: AtomicU64,
+    lease_lost: AtomicU64,
+    released: AtomicU64,
+    database_errors: AtomicU64,
+    by_type: Mutex<HashMap<String, TypeWorkerStats>>,
+}
+
+impl Counters {
+    fn per_type(&self, event_type: &str, update: impl FnOnce(&mut TypeWorkerStats)) {
+        let mut by_type = self.by_type.lock().unwrap_or_else(|e| e.into_inner());
+        update(by_type.entry(event_type.to_owned()).or_default());
+    }
+}
+
+impl EventWorkers {
+    /// Starts a pool: it subscribes to the wake-up channel on a hub of its
+    /// own (one dedicated connection) and starts claiming at once. The
+    /// tables must exist ([`Events::migrate`]).
+    ///
+    /// # Errors
+    /// [`EventsError::Setting`] for an invalid `config` or `router`; the
+    /// hub's connection error.
+    pub async fn start(
+        client: PgClient,
+        events: Events,
+        router: Router,
+        config: WorkerConfig,
+    ) -> EventsResult<EventWorkers> {
+        config.validate()?;
+        router.validate()?;
+        let hub = client.hub().await?;
+        let mut workers = Self::start_with_hub(client, events, router, config, hub).await?;
+        // The pool opened this hub: it closes it at shutdown.
+        workers.owns_hub = true;
+        Ok(workers)
+    }
+
+    /// As [`start`](Self::start), with wake-ups from `hub` (shared with the
+    /// rest of the application, or connected another way). The pool only
+    /// subscribes; it never closes a hub it was given.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_with_hub(
+        client: PgClient,
+        events: Events,
+        router: Router,
+        config: WorkerConfig,
+        hub: PgNotifyHub,
+    ) -> EventsResult<EventWorkers> {
+        config.validate()?;
+        router.validate()?;
+        let subscription = hub.subscribe(&events.config().wakeup_channel()).await?;
+        let (completions, completion_queue) = mpsc::channel(config.concurrency);
+        let shared = Arc::new(Shared {
+            completions,
+            client,
+            events,
+            router,
+            slots: Arc::new(Semaphore::new(config.concurrency)),
+            config,
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let coordinator = tokio::spawn(coordinate(shared.clone(), stopped));
+        let background = vec![
+            tokio::spawn(listen_for_wakeups(shared.clone(), subscription)),
+            tokio::spawn(heartbeat(shared.clone())),
+            tokio::spawn(complete_in_batches(shared.clone(), completion_queue)),
+        ];
+        Ok(EventWorkers {
+            shared,
+            stop,
+            coordinator: Some(coordinator),
+            background,
+            hub,
+            owns_hub: false,
+        })
+    }
+
+    /// The pool's counters now.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.shared.counters;
+        WorkerStats {
+            claimed: c.claimed.load(Ordering::Relaxed),
+            running: c.running.load(Ordering::Relaxed),
+            processed: c.processed.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dead: c.dead.load(Ordering::Relaxed),
+            unrouted: c.unrouted.load(Ordering::Relaxed),
+            lease_lost: c.lease_lost.load(Ordering::Relaxed),
+            released: c.released.load(Ordering::Relaxed),
+            database_errors: c.database_errors.load(Ordering::Relaxed),
+            by_type: c.by_type.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    /// Wakes the pool to look for due events now (as a NOTIFY would).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Stops gracefully: no more claims; running handlers get up to the
+    /// shutdown timeout to finish; what is still running then is cancelled
+    /// and released at once (its attempt not counted) so another pool can
+    /// take it.
+    ///
+    /// # Errors
+    /// The release statement's error (the unreleased events are then taken
+    /// again when their leases expire).
+    pub async fn shutdown(mut self) -> EventsResult<ShutdownReport> {
+        let _ = self.stop.send(true);
+        if let Some(coordinator) = self.coordinator.take() {
+            let _ = coordinator.await;
+        }
+        let drained = tokio::time::timeout(self.shared.config.shutdown_timeout, async {
+            while !self.in_flight_is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok();
+        let leftovers: Vec<(i64, i64)> = {
+            let mut in_flight = self
+                .shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            in_flight
+                .drain()
+                .map(|(id, entry)| {
+                    entry.abort.abort();
+                    (id, entry.token)
+                })
+                .collect()
+        };
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        let released = self
+            .shared
+            .events
+            .release(&Cached(&self.shared.client), &leftovers)
+            .await?;
+        self.shared
+            .counters
+            .released
+            .fetch_add(released, Ordering::Relaxed);
+        if self.owns_hub {
+            if let Err(error) = self.hub.close().await {
+                tracing::debug!(%error, "closing the pool's wake-up hub failed");
+            }
+        }
+        Ok(ShutdownReport { drained, released })
+    }
+
+    fn in_flight_is_empty(&self) -> bool {
+        self.shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+}
+
+impl Drop for EventWorkers {
+    fn drop(&mut self) {
+        if let Some(coordinator) = self.coordinator.take() {
+            coordinator.abort();
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        let in_flight = self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for entry in in_flight.values() {
+            entry.abort.abort();
+        }
+    }
+}
+
+/// Claims while there is work and free slots; otherwise waits for a
+/// wake-up, a freed slot, the poll, or the next due time.
+async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut failures: u32 = 0;
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let free = shared
+            .slots
+            .available_permits()
+            .min(shared.config.max_batch);
+        let mut next_due = None;
+        if free > 0 {
+            match shared
+                .events
+                .claim(&Cached(&shared.client), free, shared.config.lease)
+                .await
+            {
+                Ok(claimed) => {
+                    failures = 0;
+                    let full = claimed.len() == free;
+                    for event in claimed {
+                        start_event(&shared, event);
+                    }
+                    if full {
+                        continue;
+                    }
+                    match shared.events.next_due(&Cached(&shared.client)).await {
+                        Ok(due) => next_due = due,
+                        Err(error) => database_error(&shared, "next due", &error),
+                    }
+                }
+                Err(error) => {
+                    database_error(&shared, "claim", &error);
+                    failures = failures.saturating_add(1);
+                    let pause = Duration::from_millis(50)
+                        .saturating_mul(1 << failures.min(6))
+                        .min(shared.config.poll_interval);
+                    tokio::select! {
+                        _ = tokio::time::sleep(jittered(pause)) => {}
+                        _ = stopped.changed() => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        // A next due time just in the past (clock granularity) is retried
+        // after a millisecond, never in a busy loop.
+        let next_due = next_due.map(|due| due + Duration::from_millis(1));
+        tokio::select! {
+            _ = stopped.changed() => {}
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(jittered(shared.config.poll_interval)) => {}
+            _ = tokio::time::sleep(next_due.unwrap_or_default()), if next_due.is_some() => {}
+        }
+    }
+}
+
+fn database_error(shared: &Shared, what: &'static str, error: &EventsError) {
+    shared
+        .counters
+        .database_errors
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        schema = %shared.events.config().schema_name(),
+        operation = what,
+        error = %error,
+        "pgorm-events statement failed"
+    );
+}
+
+fn start_event(shared: &Arc<Shared>, claimed: ClaimedEvent) {
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        // Cannot happen: only this task takes slots, and it claimed no more
+        // than were free. The lease expires and the event is taken again.
+        tracing::error!(id = claimed.event.id, "no free slot for a claimed event");
+        return;
+    };
+    shared.counters.claimed.fetch_add(1, Ordering::Relaxed);
+    shared.counters.running.fetch_add(1, Ordering::Relaxed);
+    let id = claimed.event.id;
+    let token = claimed.lease_token;
+    // Held while spawning, so the task cannot remove its entry before it
+    // is inserted.
+    let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    let task = tokio::spawn(run_event(shared.clone(), claimed, permit));
+    in_flight.insert(
+        id,
+        InFlight {
+            token,
+            abort: task.abort_handle(),
+        },
+    );
+}
+
+/// Ends an event's task, however it ends: frees the slot, drops the
+/// in-flight entry (if it is still this lease's), wakes the coordinator.
+struct EventTaskGuard {
+    shared: Arc<Shared>,
+    id: i64,
+    token: i64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for EventTaskGuard {
+    fn drop(&mut self) {
+        {
+            let mut in_flight = self
+                .shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if in_flight
+                .get(&self.id)
+                .is_some_and(|e| e.token == self.token)
+            {
+                in_flight.remove(&self.id);
+            }
+        }
+        self.shared.counters.running.fetch_sub(1, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+}
+
+enum Attempt {
+    /// The handler succeeded; the completion is still to be written.
+    Succeeded,
+    /// The handler succeeded and its transaction committed the completion.
+    Committed,
+    Failed {
+        error: String,
+        unrouted: bool,
+    },
+    LeaseLost,
+}
+
+async fn run_event(shared: Arc<Shared>, claimed: ClaimedEvent, permit: OwnedSemaphorePermit) {
+    let _guard = EventTaskGuard {
+        shared: shared.clone(),
+        id: claimed.event.id,
+        token: claimed.lease_token,
+        _permit: permit,
+    };
+    let started = Instant::now();
+    let attempt = attempt(&shared, &claimed).await;
+    settle(&shared, &claimed, attempt, started).await;
+}
+
+async fn attempt(shared: &Shared, claimed: &ClaimedEvent) -> Attempt {
+    let event = &claimed.event;
+    if event.attempt > event.max_attempts {
+        // Rescued after its last attempt's worker stopped without an outcome.
+        return Attempt::Failed {
+            error: format!(
+                "the worker of attempt {} stopped without an outcome (its lease expired)",
+                event.max_attempts
+            ),
+            unrouted: false,
+        };
+    }
+    let timeout = shared.config.handler_timeout;
+    match shared.router.resolve(&event.event_type).cloned() {
+        None => Attempt::Failed {
+            error: format!("no route for event type {:?}", event.event_type),
+            unrouted: true,
+        },
+        Some(Handler::Plain(handler)) => match contained(handler(event.clone()), timeout).await {
+            Ok(()) => Attempt::Succeeded,
+            Err(error) => Attempt::Failed {
+                error,
+                unrouted: false,
+            },
+        },
+        Some(Handler::Transactional(handler)) => {
+            let tx = match shared.client.transaction().await {
+                Ok(tx) => tx,
+                Err(error) => {
+                    return Attempt::Failed {
+                        error: format!("could not begin the handler's transaction: {error}"),
+                        unrouted: false,
+                    }
+                }
+            };
+            let tx = match contained(handler(event.clone(), tx), timeout).await {
+                Ok(tx) => tx,
+                Err(error) => {
+                    return Attempt::Failed {
+                        error,
+                        unrouted: false,
+                    }
+                }
+            };
+            match shared.events.complete(&tx, claimed).await {
+                Ok(()) => {}
+                Err(EventsError::LeaseLost { .. }) => return Attempt::LeaseLost,
+                Err(error) => {
+                    return Attempt::Failed {
+                        error: format!("completing in the handler's transaction failed: {error}"),
+                        unrouted: false,
+                    }
+                }
+            }
+            match tx.commit().await {
+                Ok(()) => Attempt::Committed,
+                Err(error) => Attempt::Failed {
+                    error: format!("committing the handler's transaction failed: {error}"),
+                    unrouted: false,
+                },
+            }
+        }
+    }
+}
+
+/// Runs a handler's future in a task of its own, so that a panic is caught
+/// and a timeout cancels it; the error becomes text for `last_error`.
+async fn contained<T: Send + 'static>(
+    future: std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, HandlerError>> + Send>>,
+    timeout: Duration,
+) -> Result<T, String> {
+    struct AbortOnDrop(AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = tokio::spawn(future);
+    let _abort = AbortOnDrop(task.abort_handle());
+    match tokio::time::timeout(timeout, task).await {
+        Err(_) => Err(format!("handler timed out after {timeout:?}")),
+        Ok(Err(join)) if join.is_panic() => {
+            let panic = join.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".to_owned());
+            Err(format!("handler panicked: {message}"))
+        }
+        Ok(Err(_)) => Err("handler task was cancelled".to_owned()),
+        Ok(Ok(Err(error))) => Err(describe(&*error)),
+        Ok(Ok(Ok(value))) => Ok(value),
+    }
+}
+
+/// Writes the outcome, counts it, and tells the hooks.
+async fn settle(shared: &Shared, claimed: &ClaimedEvent, attempt: Attempt, started: Instant) {
+    let event = &claimed.event;
+    let counters = &shared.counters;
+    let unrouted = matches!(attempt, Attempt::Failed { unrouted: true, .. });
+    if unrouted {
+        counters.unrouted.fetch_add(1, Ordering::Relaxed);
+    }
+    let Some(kind) = write_outcome(shared, claimed, attempt).await else {
+        // Not written: the lease expires and the event is claimed again.
+        counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    match &kind {
+        OutcomeKind::Completed => {
+            counters.processed.fetch_add(1, Ordering::Relaxed);
+            counters.per_type(&event.event_type, |t| t.processed += 1);
+        }
+        OutcomeKind::Retried { retry_in, .. } => {
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+            counters.per_type(&event.event_type, |t| t.retried += 1);
+            tracing::debug!(
+                id = event.id,
+                attempt = event.attempt,
+                ?retry_in,
+                "event attempt failed; retry scheduled"
+            );
+        }
+        OutcomeKind::Dead { .. } => {
+            counters.dead.fetch_add(1, Ordering::Relaxed);
+            counters.per_type(&event.event_type, |t| t.dead += 1);
+            tracing::warn!(id = event.id, event_type = %event.event_type, attempts = event.attempt, "event is dead");
+        }
+        OutcomeKind::LeaseLost => {
+            counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                id = event.id,
+                "lease lost before the outcome was written; the outcome was rejected"
+            );
+        }
+    }
+    if let Some(hooks) = &shared.config.hooks.0 {
+        let outcome = Outcome {
+            event_id: event.id,
+            event_type: event.event_type.clone(),
+            attempt: event.attempt,
+            unrouted,
+            duration: started.elapsed(),
+            kind,
+        };
+        let call = std::panic::AssertUnwindSafe(|| hooks.on_outcome(&outcome));
+        if std::panic::catch_unwind(call).is_err() {
+            tracing::error!(id = event.id, "an EventHooks::on_outcome call panicked");
+        }
+    }
+}
+
+/// Writes the outcome fenced by the lease, retrying on database errors a
+/// bounded number of times; `None` when it could not be written.
+async fn write_outcome(
+    shared: &Shared,
+    claimed: &ClaimedEvent,
+    attempt: Attempt,
+) -> Option<OutcomeKind> {
+    let event = &claimed.event;
+    let error = match attempt {
+        Attempt::Committed => return Some(OutcomeKind::Completed),
+        Attempt::LeaseLost => return Some(OutcomeKind::LeaseLost),
+        Attempt::Succeeded => None,
+        Attempt::Failed { error, .. } => Some(error),
+    };
+    let retry_in = retry_delay(
+        shared.config.backoff_base,
+        shared.config.backoff_max,
+        event.attempt,
+    );
+    if error.is_none() {
+        match complete_batched(shared, claimed).await {
+            Some(true) => return Some(OutcomeKind::Completed),
+            Some(false) => return Some(OutcomeKind::LeaseLost),
+            None => {} // written alone below, with retries
+        }
+    }
+    for write in 0..OUTCOME_WRITE_ATTEMPTS {
+        let result = match &error {
+            None => shared
+                .events
+                .complete(&Cached(&shared.client), claimed)
+                .await
+                .map(|()| OutcomeKind::Completed),
+            Some(error) => shared
+                .events
+                .fail(&Cached(&shared.client), claimed, error, retry_in)
+                .await
+                .map(|dead| {
+                    if dead {
+                        OutcomeKind::Dead {
+                            error: error.clone(),
+                        }
+                    } else {
+                        OutcomeKind::Retried {
+                            error: error.clone(),
+                            retry_in,
+                        }
+                    }
+                }),
+        };
+        match result {
+            Ok(kind) => return Some(kind),
+            Err(EventsError::LeaseLost { .. }) => return Some(OutcomeKind::LeaseLost),
+            Err(db) => {
+                database_error(shared, "outcome", &db);
+                if write + 1 < OUTCOME_WRITE_ATTEMPTS {
+                    tokio::time::sleep(Duration::from_millis(100) * (1 << write)).await;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Hands a completion to the completer task and waits for its verdict.
+async fn complete_batched(shared: &Shared, claimed: &ClaimedEvent) -> Option<bool> {
+    let (reply, verdict) = oneshot::channel();
+    let completion = Completion {
+        lease: (claimed.event.id, claimed.lease_token),
+        reply,
+    };
+    shared.completions.send(completion).await.ok()?;
+    verdict.await.ok().flatten()
+}
+
+/// Writes the completions that are waiting, up to `max_batch` at a time,
+/// in one statement each.
+async fn complete_in_batches(shared: Arc<Shared>, mut queue: mpsc::Receiver<Completion>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, shared.config.max_batch).await > 0 {
+        let leases: Vec<(i64, i64)> = batch.iter().map(|c| c.lease).collect();
+        match shared
+            .events
+            .complete_leases(&Cached(&shared.client), &leases)
+            .await
+        {
+            Ok(accepted) => {
+                for completion in batch.drain(..) {
+                    let _ = completion
+                        .reply
+                        .send(Some(accepted.contains(&completion.lease)));
+                }
+            }
+            Err(error) => {
+                database_error(&shared, "complete", &error);
+                for completion in batch.drain(..) {
+                    let _ = completion.reply.send(None);
+                }
+            }
+        }
+    }
+}
+
+/// Turns every item of the wake-up subscription into a wake-up (a
+/// reconnect or a gap may hide a wake-up, so they wake too). When the hub
+/// stops, polling carries on alone.
+async fn listen_for_wakeups(shared: Arc<Shared>, mut subscription: Subscription) {
+    while let Some(item) = subscription.next_event().await {
+        if let Err(error) = &item {
+            tracing::warn!(%error, "pgorm-events wake-up subscription failed; polling continues");
+        }
+        if matches!(item, Ok(ListenerEvent::Reconnected { .. })) {
+            tracing::debug!("wake-up listener reconnected");
+        }
+        shared.wake.notify_one();
+    }
+    tracing::warn!("pgorm-events wake-up subscription ended; polling continues");
+}
+
+/// Renews the leases of running events every third of the lease, and
+/// prunes completed events past their retention.
+async fn heartbeat(shared: Arc<Shared>) {
+    let every = shared.config.lease / 3;
+    let mut since_prune = Duration::ZERO;
+    loop {
+        tokio::time::sleep(every).await;
+        let held: Vec<(i64, i64)> = shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, entry)| (*id, entry.token))
+            .collect();
+        if !held.is_empty() {
+            match shared
+                .events
+                .renew(&Cached(&shared.client), &held, shared.config.lease)
+                .await
+            {
+                Ok(renewed) if renewed.len() < held.len() => {
+                    tracing::warn!(
+                        lost = held.len() - renewed.len(),
+                        "leases could not be renewed (expired and taken by another worker)"
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => database_error(&shared, "renew", &error),
+            }
+        }
+        since_prune += every;
+        if since_prune >= shared.config.prune_interval
+            && shared.events.config().completed_retention().is_some()
+        {
+            since_prune = Duration::ZERO;
+            if let Err(error) = shared
+                .events
+                .prune_completed(&Cached(&shared.client), 1000)
+                .await
+            {
+                database_error(&shared, "prune", &error);
+            }
+        }
+    }
+}
