@@ -184,7 +184,13 @@ fn tls_setup(
             tokio::spawn(connection);
             client.simple_query("SELECT 1").await
         })
-        .map_err(|error| format!("no TLS connection to the server: {error}"))?;
+        .map_err(|error| {
+            // tokio-postgres puts the reason (e.g. "server does not support
+            // TLS") in the source.
+            let reason = std::error::Error::source(&error)
+                .map_or_else(String::new, |source| format!(": {source}"));
+            format!("no TLS connection to the server: {error}{reason}")
+        })?;
     Ok((tls_url, ca_pem))
 }
 
