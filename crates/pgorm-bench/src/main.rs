@@ -8,6 +8,13 @@
 //! that run's), and prints markdown tables: medians over the rounds with min
 //! and max, and ratios to the raw tokio-postgres loop of the same round.
 //! Uses `DATABASE_URL` if set, else a throwaway server from pgorm-testkit.
+//!
+//! The throughput workload also runs two peers over TLS (rustls): the raw
+//! loop and pgorm's `PgListener`, with the connector `pgorm::tls` provides;
+//! their ratios are to the raw TLS loop of the same round. With the
+//! throwaway server they use its certificate authority; with `DATABASE_URL`,
+//! the CA file named by `PGSSLROOTCERT`, and they are skipped (with a
+//! printed line) when there is none or the server does not accept TLS.
 
 mod events;
 mod measure;
@@ -18,7 +25,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use peers::{Consumer, Received, HUB, LISTENER, RAW, SQLX};
+use peers::{Consumer, Received, HUB, LISTENER, LISTENER_TLS, RAW, RAW_TLS, SQLX};
 use pgorm::listen::{ListenerEvent, QueuePolicy};
 
 const THROUGHPUT_TOTAL: i64 = 200_000;
@@ -45,9 +52,15 @@ fn main() {
     parent(&args);
 }
 
-/// The peers of each workload; `peer/variant` names a configuration.
-fn runs_of(workload: &str) -> Vec<&'static str> {
+/// The peers of each workload; `peer/variant` names a configuration. The
+/// TLS peers run only when `tls` is true.
+fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
     match workload {
+        "throughput" if tls => {
+            let mut runs = runs_of(workload, false);
+            runs.extend([RAW_TLS, LISTENER_TLS]);
+            runs
+        }
         "throughput" => vec![
             RAW,
             LISTENER,
@@ -91,24 +104,39 @@ fn parent(args: &[String]) {
             .map(String::from)
             .to_vec();
     }
-    let (url, _server) = pgorm_testkit::database_url_or_spawn().expect("a database");
+    let (url, server) = pgorm_testkit::database_url_or_spawn().expect("a database");
     let exe = std::env::current_exe().expect("own path");
 
     println!("# pgorm LISTEN/NOTIFY benchmark\n");
     println!("{}\n", machine_description(&url));
-    println!("Rounds: {rounds}. Each figure: median (min–max) over the rounds; ratio: median over rounds of (peer / raw loop of the same round).\n");
+    println!("Rounds: {rounds}. Each figure: median (min–max) over the rounds; ratio: median over rounds of (peer / raw loop of the same round; for the TLS rows, the raw TLS loop of the same round).\n");
+    let tls = if workloads.iter().any(|w| w == "throughput") {
+        match tls_setup(&url, server.as_ref()) {
+            Ok(tls) => Some(tls),
+            Err(why) => {
+                println!("TLS peers skipped: {why}.\n");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     for workload in &workloads {
-        let runs = runs_of(workload);
+        let runs = runs_of(workload, tls.is_some());
         // results[run][round]
         let mut results: BTreeMap<&str, Vec<Results>> = BTreeMap::new();
         for round in 0..rounds {
             for run in &runs {
                 eprintln!("{workload}: round {} of {rounds}: {run}", round + 1);
-                let output = Command::new(&exe)
-                    .args(["child", workload, run, &url])
-                    .output()
-                    .expect("run a child");
+                let mut command = Command::new(&exe);
+                command.args(["child", workload, run, &url]);
+                if let Some((tls_url, ca_pem)) = &tls {
+                    command
+                        .env(peers::TLS_URL_VAR, tls_url)
+                        .env(peers::TLS_CA_VAR, ca_pem);
+                }
+                let output = command.output().expect("run a child");
                 let stdout = String::from_utf8_lossy(&output.stdout);
                 let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
                     eprintln!("{run} failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -124,6 +152,64 @@ fn parent(args: &[String]) {
         }
         print_table(workload, &runs, &results);
     }
+}
+
+/// The TLS URL and CA certificate (PEM) for the TLS peers, checked with one
+/// TLS connection; or why there are none.
+fn tls_setup(
+    url: &str,
+    server: Option<&pgorm_testkit::TestServer>,
+) -> Result<(String, String), String> {
+    let (tls_url, ca_pem) = match server {
+        // The server's certificate names `localhost`, as in the tests.
+        Some(server) => (
+            with_sslmode_require(&url.replace("127.0.0.1", "localhost")),
+            server.ca_certificate_pem().to_string(),
+        ),
+        None => {
+            let path = std::env::var("PGSSLROOTCERT").map_err(|_| {
+                "DATABASE_URL is set and PGSSLROOTCERT names no CA certificate file".to_string()
+            })?;
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|error| format!("cannot read PGSSLROOTCERT ({path}): {error}"))?;
+            (with_sslmode_require(url), pem)
+        }
+    };
+    let connector = pgorm::tls::rustls_connector_with_pem_roots(ca_pem.as_bytes())
+        .map_err(|error| format!("unusable CA certificate: {error}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async {
+            let (client, connection) = tokio_postgres::connect(&tls_url, connector).await?;
+            tokio::spawn(connection);
+            client.simple_query("SELECT 1").await
+        })
+        .map_err(|error| {
+            // tokio-postgres puts the reason (e.g. "server does not support
+            // TLS") in the source.
+            let reason = std::error::Error::source(&error)
+                .map_or_else(String::new, |source| format!(": {source}"));
+            format!("no TLS connection to the server: {error}{reason}")
+        })?;
+    Ok((tls_url, ca_pem))
+}
+
+/// `url` with `sslmode=require` in place of any `sslmode` it has.
+fn with_sslmode_require(url: &str) -> String {
+    if !url.contains("://") {
+        // key=value form: the last setting wins.
+        return format!("{url} sslmode=require");
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("sslmode="))
+        .collect();
+    params.push("sslmode=require");
+    format!("{base}?{}", params.join("&"))
 }
 
 fn machine_description(url: &str) -> String {
@@ -199,11 +285,11 @@ fn print_table(workload: &str, runs: &[&str], results: &BTreeMap<&str, Vec<Resul
     }
     println!("| {} |", header.join(" | "));
     println!("|{}", "---|".repeat(header.len()));
-    let raw = results.get(RAW);
     for run in runs {
         let Some(rounds) = results.get(run) else {
             continue;
         };
+        let raw = results.get(if run.ends_with(" TLS") { RAW_TLS } else { RAW });
         let mut row = vec![run.to_string()];
         for (key, _, _) in &metrics {
             let values: Vec<f64> = rounds
@@ -281,6 +367,8 @@ fn channel(workload: &str) -> String {
 
 fn peer_and_policy(run: &str) -> (&'static str, QueuePolicy) {
     match run {
+        RAW_TLS => (RAW_TLS, QueuePolicy::DropOldest),
+        LISTENER_TLS => (LISTENER_TLS, QueuePolicy::DropOldest),
         r if r.starts_with("pgorm PgNotifyHub") => (HUB, QueuePolicy::DropOldest),
         "pgorm PgListener DropNewest" => (LISTENER, QueuePolicy::DropNewest),
         "pgorm PgListener BlockProducer" => (LISTENER, QueuePolicy::BlockProducer),

@@ -1,6 +1,7 @@
 //! The consumers measured: the raw tokio-postgres loop (the floor), pgorm's
 //! `PgListener` and `PgNotifyHub`, and sqlx's `PgListener`, behind one
-//! interface the workloads drive.
+//! interface the workloads drive; and over TLS (rustls), the raw loop and
+//! pgorm's `PgListener` with the same connector.
 
 use std::future::{poll_fn, Future};
 use std::task::Poll;
@@ -8,7 +9,13 @@ use std::task::Poll;
 use pgorm::listen::{
     ListenerEvent, PgListener, PgListenerConfig, PgNotifyHub, QueuePolicy, Subscription,
 };
+use pgorm::tls::MakeRustlsConnect;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
+
+/// The stream of a rustls connection, as tokio-postgres drives it.
+type RustlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 
 /// A notification as the workloads see it: its payload.
 pub type Payload = String;
@@ -22,6 +29,25 @@ pub enum Received {
     Reconnected,
 }
 
+/// The raw loop: the next notification straight off `poll_message`. A
+/// macro, so that the plain and the TLS loop compile exactly as written here,
+/// inline in `Consumer::next`.
+macro_rules! raw_next {
+    ($connection:expr, $take:expr) => {
+        poll_fn(|cx| loop {
+            return match $connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
+                    Poll::Ready(Some(Received::Notification($take(n.payload()))))
+                }
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        })
+        .await
+    };
+}
+
 /// A peer's consumer, connected and listening.
 // One value per run: its size does not matter, and boxing the raw
 // connection would add an indirection to the floor being measured.
@@ -31,6 +57,10 @@ pub enum Consumer {
         // Kept alive: dropping the client ends the connection.
         _client: Client,
         connection: Connection<Socket, tokio_postgres::tls::NoTlsStream>,
+    },
+    RawTls {
+        _client: Client,
+        connection: Connection<Socket, RustlsStream>,
     },
     Listener(PgListener),
     Hub {
@@ -46,6 +76,24 @@ pub const RAW: &str = "raw tokio-postgres";
 pub const LISTENER: &str = "pgorm PgListener";
 pub const HUB: &str = "pgorm PgNotifyHub";
 pub const SQLX: &str = "sqlx PgListener";
+/// The TLS peers: same server, rustls with the connector pgorm provides.
+pub const RAW_TLS: &str = "raw tokio-postgres TLS";
+pub const LISTENER_TLS: &str = "pgorm PgListener TLS";
+
+/// Environment variables through which the parent hands the TLS settings to
+/// its children: the URL (`sslmode=require`) and the CA certificate (PEM).
+pub const TLS_URL_VAR: &str = "PGORM_BENCH_TLS_URL";
+pub const TLS_CA_VAR: &str = "PGORM_BENCH_TLS_CA_PEM";
+
+/// The TLS URL and a connector trusting the server's CA, as the parent
+/// handed them over.
+pub fn tls_from_env() -> (String, MakeRustlsConnect) {
+    let url = std::env::var(TLS_URL_VAR).expect("the TLS URL from the parent");
+    let pem = std::env::var(TLS_CA_VAR).expect("the CA certificate from the parent");
+    let connector =
+        pgorm::tls::rustls_connector_with_pem_roots(pem.as_bytes()).expect("a TLS connector");
+    (url, connector)
+}
 
 impl Consumer {
     /// Connects peer `peer` to `url` and listens to `channel`. `policy`
@@ -69,20 +117,31 @@ impl Consumer {
                 let (client, mut connection) = tokio_postgres::connect(url, NoTls)
                     .await
                     .expect("raw connect");
-                let listen = format!("LISTEN \"{channel}\"");
-                {
-                    let mut statement = std::pin::pin!(client.batch_execute(&listen));
-                    poll_fn(|cx| {
-                        while let Poll::Ready(Some(_)) = connection.poll_message(cx) {}
-                        statement.as_mut().poll(cx)
-                    })
-                    .await
-                    .expect("raw LISTEN");
-                }
+                raw_listen(&client, &mut connection, channel).await;
                 Consumer::Raw {
                     _client: client,
                     connection,
                 }
+            }
+            RAW_TLS => {
+                let (url, tls) = tls_from_env();
+                let (client, mut connection) = tokio_postgres::connect(&url, tls)
+                    .await
+                    .expect("raw TLS connect");
+                raw_listen(&client, &mut connection, channel).await;
+                Consumer::RawTls {
+                    _client: client,
+                    connection,
+                }
+            }
+            LISTENER_TLS => {
+                let (url, tls) = tls_from_env();
+                let pg_config: tokio_postgres::Config = url.parse().expect("TLS URL");
+                let listener =
+                    PgListener::connect_with_tls(pg_config, tls, config.channels([channel]))
+                        .await
+                        .expect("TLS listener");
+                Consumer::Listener(listener)
             }
             LISTENER => {
                 let listener = PgListener::connect_with(url, config.channels([channel]))
@@ -114,19 +173,8 @@ impl Consumer {
     pub async fn next(&mut self, payload: bool) -> Option<Received> {
         let take = |text: &str| payload.then(|| text.to_owned());
         match self {
-            Consumer::Raw { connection, .. } => {
-                poll_fn(|cx| loop {
-                    return match connection.poll_message(cx) {
-                        Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
-                            Poll::Ready(Some(Received::Notification(take(n.payload()))))
-                        }
-                        Poll::Ready(Some(Ok(_))) => continue,
-                        Poll::Ready(_) => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
-                    };
-                })
-                .await
-            }
+            Consumer::Raw { connection, .. } => raw_next!(connection, take),
+            Consumer::RawTls { connection, .. } => raw_next!(connection, take),
             Consumer::Listener(listener) => convert(listener.next_event().await, take),
             Consumer::Hub { subscription, .. } => convert(subscription.next_event().await, take),
             Consumer::Sqlx(listener) => loop {
@@ -163,6 +211,22 @@ impl Consumer {
             _ => None,
         }
     }
+}
+
+/// LISTEN on a raw connection, driving it until the reply is in.
+async fn raw_listen<S, T>(client: &Client, connection: &mut Connection<S, T>, channel: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let listen = format!("LISTEN \"{channel}\"");
+    let mut statement = std::pin::pin!(client.batch_execute(&listen));
+    poll_fn(|cx| {
+        while let Poll::Ready(Some(_)) = connection.poll_message(cx) {}
+        statement.as_mut().poll(cx)
+    })
+    .await
+    .expect("raw LISTEN");
 }
 
 fn convert<N: std::borrow::Borrow<pgorm::PgNotification>>(
