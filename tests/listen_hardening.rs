@@ -25,17 +25,6 @@ fn fast_reconnect(name: &str) -> PgListenerConfig {
         .connect_timeout(Duration::from_secs(2))
 }
 
-/// Sends `count` numbered notifications in one statement.
-async fn flood(client: &tokio_postgres::Client, channel: &str, from: i32, count: i32) {
-    client
-        .execute(
-            "SELECT pg_notify($1, n::text) FROM generate_series($2::int, $2::int + $3::int - 1) n",
-            &[&channel, &from, &count],
-        )
-        .await
-        .expect("flood");
-}
-
 fn assert_balanced(stats: &ListenerStats) {
     assert_eq!(
         stats.received,
@@ -158,7 +147,7 @@ async fn notifications_read_while_a_reconnect_listens_are_counted_and_seen_by_ho
         tokio::spawn(async move {
             let client = raw_client(&url).await;
             for round in 0..200 {
-                flood(&client, &channel, round * 20, 20).await;
+                send_numbered(&client, &channel, round * 20, 20).await;
             }
         })
     };
@@ -231,7 +220,7 @@ async fn the_counters_balance_in_every_snapshot_while_notifications_flood_in() {
         });
         let admin = raw_client(&TestServer::shared().url()).await;
         for round in 0..20 {
-            flood(&admin, &channel, round * 100, 100).await;
+            send_numbered(&admin, &channel, round * 100, 100).await;
             // Read a little: the queue overflows, and the consumer's batch
             // holds some.
             for _ in 0..10 {
@@ -293,7 +282,7 @@ async fn a_block_producer_consumer_can_change_channels_while_its_queue_is_full()
         .await
         .unwrap();
     let admin = raw_client(&TestServer::shared().url()).await;
-    flood(&admin, &channel, 0, 1000).await;
+    send_numbered(&admin, &channel, 0, 1000).await;
     eventually("the queue to fill", || async {
         listener.stats().queued == capacity
     })
@@ -553,7 +542,7 @@ async fn drops_made_when_a_blocked_listener_closes_reach_the_hooks() {
         .await
         .unwrap();
     let admin = raw_client(&TestServer::shared().url()).await;
-    flood(&admin, &channel, 0, 1000).await;
+    send_numbered(&admin, &channel, 0, 1000).await;
     eventually("the queue to fill", || async {
         listener.stats().queued == 10
     })

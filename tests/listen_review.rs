@@ -15,17 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::Notify;
 
-/// Sends `count` numbered notifications in one statement.
-async fn flood(client: &tokio_postgres::Client, channel: &str, from: i32, count: i32) {
-    client
-        .execute(
-            "SELECT pg_notify($1, n::text) FROM generate_series($2::int, $2::int + $3::int - 1) n",
-            &[&channel, &from, &count],
-        )
-        .await
-        .expect("flood");
-}
-
 // ---------------------------------------------------------------------------
 // Found in review: BlockProducer drops notifications although its consumer
 // never stalls. The driver reads a batch of up to 256 into `pending` whatever
@@ -47,7 +36,7 @@ async fn block_producer_does_not_drop_while_its_consumer_keeps_up_steadily() {
         .await
         .unwrap();
     let admin = raw_client(&TestServer::shared().url()).await;
-    flood(&admin, &channel, 0, 200).await;
+    send_numbered(&admin, &channel, 0, 200).await;
     // A consumer that never stops: one notification every 20 ms, so the
     // queue of 10 is never full for more than ~200 ms, far below the
     // block timeout of 1 s.
@@ -450,7 +439,7 @@ async fn a_block_producer_listen_on_a_dead_path_returns_within_the_health_check(
         .await
         .unwrap();
     let admin = raw_client(&server.url()).await;
-    flood(&admin, &channel, 0, 1000).await;
+    send_numbered(&admin, &channel, 0, 1000).await;
     eventually("the queue to fill", || async {
         listener.stats().queued == 10
     })

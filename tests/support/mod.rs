@@ -51,6 +51,18 @@ pub async fn send(client: &tokio_postgres::Client, channel: &str, payload: &str)
         .expect("pg_notify");
 }
 
+/// Sends `count` notifications numbered from `from` (the payloads) on
+/// `channel`, in one statement (so they commit, and arrive, together).
+pub async fn send_numbered(client: &tokio_postgres::Client, channel: &str, from: i32, count: i32) {
+    client
+        .execute(
+            "SELECT pg_notify($1, n::text) FROM generate_series($2::int, $2::int + $3::int - 1) n",
+            &[&channel, &from, &count],
+        )
+        .await
+        .expect("pg_notify");
+}
+
 /// The next event of `listener`, failing the test on a hang or an end.
 pub async fn next_event(listener: &mut pgorm::listen::PgListener) -> pgorm::listen::ListenerEvent {
     within("the next listener event", listener.next_event())
