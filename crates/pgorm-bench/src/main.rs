@@ -3,6 +3,10 @@
 //! `cargo run --release --manifest-path crates/pgorm-bench/Cargo.toml -- [--rounds N] [WORKLOAD…]`
 //! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`)
 //!
+//! `… -- callgrind [--small N] [--large N]` (or `scripts/callgrind`) prints
+//! instructions per notification of each throughput peer under
+//! `valgrind --tool=callgrind` instead (see `callgrind.rs`).
+//!
 //! Runs every peer on the same server and publisher, interleaved within each
 //! round, each measurement in a child process of its own (so peak memory is
 //! that run's), and prints markdown tables: medians over the rounds with min
@@ -16,6 +20,7 @@
 //! the CA file named by `PGSSLROOTCERT`, and they are skipped (with a
 //! printed line) when there is none or the server does not accept TLS.
 
+mod callgrind;
 mod events;
 mod measure;
 mod peers;
@@ -25,7 +30,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use peers::{Consumer, Received, HUB, LISTENER, LISTENER_TLS, RAW, RAW_TLS, SQLX};
+use peers::{Consumer, Received, HUB, LISTENER, LISTENER_BATCH, LISTENER_TLS, RAW, RAW_TLS, SQLX};
 use pgorm::listen::{ListenerEvent, QueuePolicy};
 
 const THROUGHPUT_TOTAL: i64 = 200_000;
@@ -43,6 +48,11 @@ type Results = BTreeMap<String, f64>;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("callgrind") => return callgrind::parent(&args[1..]),
+        Some("backlog") => return callgrind::child(&args[1], &args[2], &args[3]),
+        _ => {}
+    }
     if args.first().map(String::as_str) == Some("child") {
         let results = child(&args[1], &args[2], &args[3]);
         let line: Vec<String> = results.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -64,6 +74,7 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
         "throughput" => vec![
             RAW,
             LISTENER,
+            LISTENER_BATCH,
             "pgorm PgNotifyHub x1",
             "pgorm PgNotifyHub x100",
             "pgorm PgNotifyHub x100 next_batch",
@@ -372,6 +383,7 @@ fn peer_and_policy(run: &str) -> (&'static str, QueuePolicy) {
         r if r.starts_with("pgorm PgNotifyHub") => (HUB, QueuePolicy::DropOldest),
         "pgorm PgListener DropNewest" => (LISTENER, QueuePolicy::DropNewest),
         "pgorm PgListener BlockProducer" => (LISTENER, QueuePolicy::BlockProducer),
+        LISTENER_BATCH => (LISTENER_BATCH, QueuePolicy::DropOldest),
         r if r.starts_with("pgorm PgListener") => (LISTENER, QueuePolicy::DropOldest),
         RAW => (RAW, QueuePolicy::DropOldest),
         SQLX => (SQLX, QueuePolicy::DropOldest),

@@ -63,6 +63,9 @@ pub enum Consumer {
         connection: Connection<Socket, RustlsStream>,
     },
     Listener(PgListener),
+    /// The same listener, counted with `next_batch` (markers read in
+    /// order with the notifications).
+    ListenerBatch(PgListener),
     Hub {
         // Kept alive: the last clone closes the connection.
         _hub: PgNotifyHub,
@@ -74,6 +77,7 @@ pub enum Consumer {
 /// The peers, by the names used on the command line and in the tables.
 pub const RAW: &str = "raw tokio-postgres";
 pub const LISTENER: &str = "pgorm PgListener";
+pub const LISTENER_BATCH: &str = "pgorm PgListener next_batch";
 pub const HUB: &str = "pgorm PgNotifyHub";
 pub const SQLX: &str = "sqlx PgListener";
 /// The TLS peers: same server, rustls with the connector pgorm provides.
@@ -143,11 +147,15 @@ impl Consumer {
                         .expect("TLS listener");
                 Consumer::Listener(listener)
             }
-            LISTENER => {
+            LISTENER | LISTENER_BATCH => {
                 let listener = PgListener::connect_with(url, config.channels([channel]))
                     .await
                     .expect("listener");
-                Consumer::Listener(listener)
+                if peer == LISTENER {
+                    Consumer::Listener(listener)
+                } else {
+                    Consumer::ListenerBatch(listener)
+                }
             }
             HUB => {
                 let hub = PgNotifyHub::connect_with(url, config).await.expect("hub");
@@ -175,7 +183,9 @@ impl Consumer {
         match self {
             Consumer::Raw { connection, .. } => raw_next!(connection, take),
             Consumer::RawTls { connection, .. } => raw_next!(connection, take),
-            Consumer::Listener(listener) => convert(listener.next_event().await, take),
+            Consumer::Listener(listener) | Consumer::ListenerBatch(listener) => {
+                convert(listener.next_event().await, take)
+            }
             Consumer::Hub { subscription, .. } => convert(subscription.next_event().await, take),
             Consumer::Sqlx(listener) => loop {
                 // recv() reconnects by itself after a loss.
@@ -193,6 +203,21 @@ impl Consumer {
     /// returned as (received, dropped).
     pub async fn count(&mut self, count: u64) -> (u64, u64) {
         let (mut received, mut dropped) = (0, 0);
+        if let Consumer::ListenerBatch(listener) = self {
+            while received + dropped < count {
+                let Some(Ok(batch)) = listener.next_batch().await else {
+                    break;
+                };
+                for event in batch {
+                    match event {
+                        ListenerEvent::Notification(_) => received += 1,
+                        ListenerEvent::Lagged { dropped: d } => dropped += d,
+                        _ => {}
+                    }
+                }
+            }
+            return (received, dropped);
+        }
         while received + dropped < count {
             match self.next(false).await {
                 Some(Received::Notification(_)) => received += 1,
@@ -207,7 +232,9 @@ impl Consumer {
     /// pgorm's own count of notifications read from the socket.
     pub fn pgorm_received(&self) -> Option<u64> {
         match self {
-            Consumer::Listener(listener) => Some(listener.stats().received),
+            Consumer::Listener(listener) | Consumer::ListenerBatch(listener) => {
+                Some(listener.stats().received)
+            }
             _ => None,
         }
     }

@@ -34,10 +34,9 @@ async fn notify_self(
             }
         }
         let polled = connection.poll_message(cx);
-        connection
-            .tap()
-            .unwrap()
-            .drain(usize::MAX, |notification| lifted.push(notification.payload));
+        connection.tap().unwrap().drain(usize::MAX, |notification| {
+            lifted.push(notification.payload().to_owned())
+        });
         match polled {
             Poll::Ready(Some(Ok(AsyncMessage::Notification(_)))) => from_poll_message += 1,
             Poll::Ready(Some(Ok(_))) => {}

@@ -26,7 +26,7 @@ use crate::listen::command::{ended_abnormally, Command, DriverShared};
 use crate::listen::config::{
     Jitter, PgListenerConfig, DEFAULT_APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT,
 };
-use crate::listen::event::{ListenerEvent, ListenerState};
+use crate::listen::event::{ListenerEvent, ListenerState, RawEvent};
 use crate::listen::health::{Check, HealthCheck, HEALTH_CHECK};
 use crate::listen::hooks::HookSlot;
 use crate::listen::session::{
@@ -160,7 +160,7 @@ struct Driver {
     sink: Arc<dyn Sink>,
     /// Events read but not yet taken by the sink (a blocked `BlockProducer`
     /// queue), kept in order across reconnects.
-    pending: VecDeque<ListenerEvent>,
+    pending: VecDeque<RawEvent>,
     /// While the sink blocks: when the block times out.
     blocked: Option<Pin<Box<Sleep>>>,
     jitter: Jitter,
@@ -390,21 +390,23 @@ impl Driver {
 
     /// Adds notifications read off the connection to what waits for the
     /// sink, telling the hooks about each.
-    fn take_in(&mut self, mut events: VecDeque<ListenerEvent>) {
+    fn take_in(&mut self, mut events: VecDeque<RawEvent>) {
         self.tell_hooks(&events, 0);
         self.pending.append(&mut events);
     }
 
     /// `on_notification` for every notification of `events[from..]`, each
     /// call contained on its own.
-    fn tell_hooks(&self, events: &VecDeque<ListenerEvent>, from: usize) {
+    fn tell_hooks(&self, events: &VecDeque<RawEvent>, from: usize) {
         if !self.hooks().is_set() {
             return;
         }
         for event in events.range(from..) {
             if let ListenerEvent::Notification(notification) = event {
+                // The hooks see the public, owned form (made only for them).
+                let notification = notification.to_notification();
                 self.hooks()
-                    .call(|hooks| hooks.on_notification(notification));
+                    .call(|hooks| hooks.on_notification(&notification));
             }
         }
     }

@@ -48,6 +48,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod channel;
 mod command;
 mod config;
@@ -67,11 +68,13 @@ mod sink;
 #[cfg(feature = "json")]
 mod typed;
 
+pub use batch::{ListenerBatch, NotificationRef};
 pub use channel::{validate_channel, MAX_CHANNEL_LEN};
 pub use config::{
     ListenerSession, PgListenerConfig, QueuePolicy, DEFAULT_APPLICATION_NAME,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY,
 };
+pub(crate) use event::RawNotification;
 pub use event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
 pub use fanout::NotificationBatch;
 pub use handler::{HandlerGuard, HandlerOptions, HandlerStats};

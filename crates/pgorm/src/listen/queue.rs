@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{OrmError, OrmResult};
 use crate::listen::config::QueuePolicy;
-use crate::listen::event::ListenerEvent;
+use crate::listen::event::{ListenerEvent, RawEvent};
 use crate::listen::sink::{Dropped, Pushed, Sink};
 
 /// Counts kept outside the queues' locks, so that several queues (a hub
@@ -40,9 +40,12 @@ pub(super) enum Taken {
 /// per notification.
 pub(crate) struct Receiver {
     queue: Arc<EventQueue>,
-    taken: VecDeque<ListenerEvent>,
-    /// Notifications in `taken`.
+    taken: VecDeque<RawEvent>,
+    /// Notifications in `taken` not handed out yet.
     taken_notifications: usize,
+    /// `taken` was lent out whole as a batch: every item of it is delivered,
+    /// and it is cleared before anything else reads it.
+    lent: bool,
 }
 
 impl Receiver {
@@ -51,20 +54,68 @@ impl Receiver {
             queue,
             taken: VecDeque::new(),
             taken_notifications: 0,
+            lent: false,
         }
     }
 
+    /// Forgets the batch lent out last, if any.
+    #[inline]
+    fn reclaim(&mut self) {
+        if self.lent {
+            self.lent = false;
+            self.taken.clear();
+        }
+    }
+
+    /// Lends out everything taken but not yet handed out, or when that is
+    /// nothing, one take from the queue: all of it counts as delivered from
+    /// now on, and [`lent`](Self::lent) shows it. `Pending` (with the
+    /// consumer's waker registered) when nothing is queued.
+    ///
+    /// Cancel safe: nothing is handed out unless `Ready(Some(Ok))` is
+    /// returned.
+    pub(crate) fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<OrmResult<()>>> {
+        self.reclaim();
+        if self.taken.is_empty() {
+            match self.queue.take_batch(&mut self.taken, Some(cx.waker())) {
+                Taken::Some(notifications) => self.taken_notifications += notifications,
+                Taken::Nothing => return Poll::Pending,
+                Taken::End(Some(error)) => return Poll::Ready(Some(Err(error))),
+                Taken::End(None) => return Poll::Ready(None),
+            }
+        }
+        self.taken_notifications = 0;
+        self.lent = true;
+        Poll::Ready(Some(Ok(())))
+    }
+
+    /// What the last [`poll_batch`](Self::poll_batch) lent out (empty if it
+    /// lent nothing since the last read).
+    pub(crate) fn lent(&self) -> &VecDeque<RawEvent> {
+        static NOTHING: VecDeque<RawEvent> = VecDeque::new();
+        if self.lent {
+            &self.taken
+        } else {
+            &NOTHING
+        }
+    }
+
+    /// The next taken event, its notification made owned.
     #[inline]
     fn pop_taken(&mut self) -> Option<ListenerEvent> {
-        let item = self.taken.pop_front()?;
-        if matches!(item, ListenerEvent::Notification(_)) {
-            self.taken_notifications -= 1;
-        }
-        Some(item)
+        Some(match self.taken.pop_front()? {
+            ListenerEvent::Notification(notification) => {
+                self.taken_notifications -= 1;
+                ListenerEvent::Notification(notification.to_notification())
+            }
+            ListenerEvent::Reconnected { generation } => ListenerEvent::Reconnected { generation },
+            ListenerEvent::Lagged { dropped } => ListenerEvent::Lagged { dropped },
+        })
     }
 
     #[inline]
     fn next(&mut self, consumer: Option<&Waker>) -> Option<Option<OrmResult<ListenerEvent>>> {
+        self.reclaim();
         if let Some(event) = self.pop_taken() {
             return Some(Some(Ok(event)));
         }
@@ -131,7 +182,7 @@ pub(crate) struct EventQueue {
 }
 
 struct QueueState {
-    items: VecDeque<ListenerEvent>,
+    items: VecDeque<RawEvent>,
     /// How many of `items` are notifications (markers do not count against
     /// the capacity).
     queued: usize,
@@ -261,7 +312,7 @@ impl EventQueue {
     /// Moves up to [`TAKE_AT_ONCE`] items into the consumer's own buffer
     /// under one lock. When nothing is queued, registers `consumer` (if
     /// given) and says whether the stream is still open.
-    fn take_batch(&self, into: &mut VecDeque<ListenerEvent>, consumer: Option<&Waker>) -> Taken {
+    fn take_batch(&self, into: &mut VecDeque<RawEvent>, consumer: Option<&Waker>) -> Taken {
         let mut state = self.lock();
         if state.items.is_empty() {
             return state.consumer.found_empty(consumer);
@@ -313,7 +364,7 @@ impl EventQueue {
     /// consumer has made room. Returns how many notifications were dropped.
     pub(crate) fn push_batch(
         &self,
-        batch: &mut VecDeque<ListenerEvent>,
+        batch: &mut VecDeque<RawEvent>,
         producer: &Waker,
     ) -> (Pushed, u64) {
         let mut state = self.lock();
@@ -358,7 +409,7 @@ impl EventQueue {
 impl Sink for EventQueue {
     fn push_batch(
         &self,
-        batch: &mut VecDeque<ListenerEvent>,
+        batch: &mut VecDeque<RawEvent>,
         producer: &Waker,
         drops: &mut Vec<Dropped>,
     ) -> Pushed {
@@ -388,12 +439,12 @@ enum Offer {
     /// (or the item itself was).
     QueuedWithDrop,
     /// A blocking queue is full; the notification comes back.
-    Refused(ListenerEvent),
+    Refused(RawEvent),
 }
 
 impl QueueState {
     /// Queues one item by the policy.
-    fn offer(&mut self, item: ListenerEvent, blocking: bool) -> Offer {
+    fn offer(&mut self, item: RawEvent, blocking: bool) -> Offer {
         let notification = match item {
             ListenerEvent::Notification(notification) => notification,
             marker => {
@@ -504,16 +555,16 @@ pub(super) fn push_marker<N>(items: &mut VecDeque<ListenerEvent<N>>, marker: Lis
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listen::event::PgNotification;
+    use crate::listen::event::RawNotification;
     use std::task::Waker;
 
-    fn notification(payload: &str) -> ListenerEvent {
-        ListenerEvent::Notification(PgNotification {
-            process_id: 1,
-            channel: "c".into(),
-            payload: payload.into(),
-            received_at: std::time::SystemTime::UNIX_EPOCH,
-        })
+    fn notification(payload: &str) -> RawEvent {
+        ListenerEvent::Notification(RawNotification::from_parts(
+            1,
+            "c",
+            payload,
+            std::time::SystemTime::UNIX_EPOCH,
+        ))
     }
 
     fn queue(capacity: usize, policy: QueuePolicy) -> Arc<EventQueue> {
@@ -531,7 +582,7 @@ mod tests {
         (counts.delivered, counts.dropped, counts.queued)
     }
 
-    fn batch(payloads: &[&str]) -> VecDeque<ListenerEvent> {
+    fn batch(payloads: &[&str]) -> VecDeque<RawEvent> {
         payloads.iter().map(|p| notification(p)).collect()
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{OrmError, OrmResult};
 use crate::listen::command::{Command, DriverShared};
 use crate::listen::config::{PgListenerConfig, QueuePolicy};
-use crate::listen::event::{ListenerEvent, PgNotification};
+use crate::listen::event::{ListenerEvent, PgNotification, RawEvent};
 use crate::listen::fanout::{FanoutQueue, NotificationBatch};
 use crate::listen::hooks::HookSlot;
 use crate::listen::queue::QueueCounters;
@@ -185,7 +185,7 @@ impl Router {
 impl Sink for Router {
     fn push_batch(
         &self,
-        batch: &mut VecDeque<ListenerEvent>,
+        batch: &mut VecDeque<RawEvent>,
         _producer: &Waker,
         drops: &mut Vec<Dropped>,
     ) -> Pushed {
@@ -208,15 +208,15 @@ impl Sink for Router {
                     self.received.fetch_add(1, Ordering::Relaxed);
                     match groups
                         .iter_mut()
-                        .find(|(channel, _)| *channel == notification.channel)
+                        .find(|(channel, _)| channel == notification.channel())
                     {
-                        Some((_, group)) => group.push(Arc::new(notification)),
+                        Some((_, group)) => group.push(Arc::new(notification.to_notification())),
                         None => {
-                            let channel = notification.channel.clone();
+                            let channel = notification.channel().to_owned();
                             // Most batches are of one channel: room for all.
                             let room = if groups.is_empty() { total } else { 1 };
                             let mut group = Vec::with_capacity(room);
-                            group.push(Arc::new(notification));
+                            group.push(Arc::new(notification.to_notification()));
                             groups.push((channel, group));
                         }
                     }

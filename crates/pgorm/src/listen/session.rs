@@ -18,7 +18,7 @@ use crate::error::{OrmError, OrmResult};
 use crate::listen::channel::quote_identifier;
 use crate::listen::command::DriverShared;
 use crate::listen::config::{BoxError, ListenerSession, OnConnect};
-use crate::listen::event::{ListenerEvent, PgNotification};
+use crate::listen::event::{ListenerEvent, RawEvent, RawNotification};
 use crate::listen::health::Health;
 use crate::listen::trace;
 
@@ -268,7 +268,7 @@ pub(super) struct Opening {
 /// being set up (after its `LISTEN`s, so they belong to it).
 pub(super) struct Opened {
     pub(super) session: Session,
-    pub(super) early: VecDeque<ListenerEvent>,
+    pub(super) early: VecDeque<RawEvent>,
 }
 
 /// Connects, listens to every wanted channel in one round trip, catches up
@@ -386,7 +386,7 @@ impl Future for CallbackTask {
 /// notifications that arrive meanwhile to `into`.
 pub(super) async fn run_statement<T>(
     session: &mut Session,
-    into: &mut VecDeque<ListenerEvent>,
+    into: &mut VecDeque<RawEvent>,
     statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> OrmResult<T> {
     drive(session.connection.as_mut(), into, statement)
@@ -399,7 +399,7 @@ pub(super) async fn run_statement<T>(
 /// meanwhile to `into`. An error if the connection ends first.
 async fn drive<F: Future>(
     connection: &mut dyn RawConnection,
-    into: &mut VecDeque<ListenerEvent>,
+    into: &mut VecDeque<RawEvent>,
     future: F,
 ) -> OrmResult<F::Output> {
     let mut future = std::pin::pin!(future);
@@ -422,7 +422,7 @@ async fn drive<F: Future>(
 /// were read and, if the connection ended, why.
 pub(super) fn read_notifications(
     connection: &mut dyn RawConnection,
-    into: &mut VecDeque<ListenerEvent>,
+    into: &mut VecDeque<RawEvent>,
     limit: usize,
     cx: &mut Context<'_>,
 ) -> (usize, Option<OrmError>) {
@@ -439,23 +439,18 @@ pub(super) fn read_notifications(
                 _ => limit - read,
             };
             read += tap.drain(budget, |lifted| {
-                into.push_back(ListenerEvent::Notification(PgNotification {
-                    process_id: lifted.process_id,
-                    channel: lifted.channel,
-                    payload: lifted.payload,
-                    received_at: lifted.received_at,
-                }));
+                into.push_back(ListenerEvent::Notification(lifted));
             });
         }
         match polled {
             Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
                 read += 1;
-                into.push_back(ListenerEvent::Notification(PgNotification {
-                    process_id: notification.process_id(),
-                    channel: notification.channel().to_owned(),
-                    payload: notification.payload().to_owned(),
+                into.push_back(ListenerEvent::Notification(RawNotification::from_parts(
+                    notification.process_id(),
+                    notification.channel(),
+                    notification.payload(),
                     received_at,
-                }));
+                )));
             }
             Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
                 trace!(debug, "listener got a notice: {}", notice.message());

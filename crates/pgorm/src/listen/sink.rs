@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 use crate::error::OrmError;
-use crate::listen::event::ListenerEvent;
+use crate::listen::event::RawEvent;
 
 /// What [`Sink::push_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// is released.
     fn push_batch(
         &self,
-        batch: &mut VecDeque<ListenerEvent>,
+        batch: &mut VecDeque<RawEvent>,
         producer: &Waker,
         drops: &mut Vec<Dropped>,
     ) -> Pushed;

@@ -261,8 +261,8 @@ pub(crate) fn run_tap(client: &[u8], server: &[u8], pieces: &Pieces) -> (Vec<u8>
         tap.drain(usize::MAX, |notification| {
             lifted.push((
                 notification.process_id,
-                notification.channel,
-                notification.payload,
+                notification.channel().to_string(),
+                notification.payload().to_string(),
             ))
         });
         if let Poll::Ready(Err(error)) = polled {

@@ -39,24 +39,17 @@ use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
-/// A notification lifted out of the byte stream.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct TappedNotification {
-    pub(crate) process_id: i32,
-    pub(crate) channel: String,
-    pub(crate) payload: String,
-    pub(crate) received_at: SystemTime,
-}
+use crate::listen::RawNotification;
 
 /// Where a [`TapStream`] leaves the notifications it lifts out, until the
 /// driver takes them (after each poll of the connection).
 #[derive(Debug, Default)]
 pub(crate) struct NotificationTap {
-    lifted: Mutex<VecDeque<TappedNotification>>,
+    lifted: Mutex<VecDeque<RawNotification>>,
 }
 
 impl NotificationTap {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<TappedNotification>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<RawNotification>> {
         self.lifted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -64,12 +57,20 @@ impl NotificationTap {
 
     /// Hands at most `limit` lifted notifications to `each`, oldest first,
     /// and returns how many it handed over; the rest wait for the next call.
-    pub(crate) fn drain(&self, limit: usize, each: impl FnMut(TappedNotification)) -> usize {
+    pub(crate) fn drain(&self, limit: usize, each: impl FnMut(RawNotification)) -> usize {
         let mut lifted = self.lock();
         let count = lifted.len().min(limit);
         lifted.drain(..count).for_each(each);
         count
     }
+}
+
+/// A notification lifted by the current read: its process id, and where its
+/// channel and payload are in the read's text.
+struct Lifted {
+    process_id: i32,
+    channel: (u32, u32),
+    payload: (u32, u32),
 }
 
 /// The backend message type of `NotificationResponse`.
@@ -98,9 +99,11 @@ const MAX_BUFFERED: usize = MAX_LIFTED + READ_SIZE;
 pub(crate) struct TapStream<S> {
     inner: S,
     tap: Arc<NotificationTap>,
-    /// Bytes read from `inner`; `buffer[start..]` are not handled yet.
+    /// Bytes read from `inner`: `buffer[start..end]` are not handled yet.
+    /// The rest is memory kept (initialized) for the next read.
     buffer: Vec<u8>,
     start: usize,
+    end: usize,
     /// Bytes of the current (forwarded) message still to forward.
     forwarding: usize,
     /// Single-byte replies to `SSLRequest`/`GSSENCRequest` still to come.
@@ -118,7 +121,10 @@ pub(crate) struct TapStream<S> {
     client_header_len: u8,
     /// The client has sent its startup message: no more requests to watch.
     client_started: bool,
-    lifted: Vec<TappedNotification>,
+    /// The notifications lifted since the last hand-over, and their
+    /// channels and payloads, one after the other (UTF-8 each).
+    lifted: Vec<Lifted>,
+    text: Vec<u8>,
 }
 
 impl<S> TapStream<S> {
@@ -126,8 +132,9 @@ impl<S> TapStream<S> {
         TapStream {
             inner,
             tap,
-            buffer: Vec::with_capacity(READ_SIZE),
+            buffer: Vec::new(),
             start: 0,
+            end: 0,
             forwarding: 0,
             replies_due: 0,
             ready: false,
@@ -137,6 +144,7 @@ impl<S> TapStream<S> {
             client_header_len: 0,
             client_started: false,
             lifted: Vec::new(),
+            text: Vec::new(),
         }
     }
 
@@ -171,9 +179,9 @@ impl<S> TapStream<S> {
     /// Forwards as much of the buffered bytes as fit in `out`, lifting the
     /// notifications among them. Stops when `out` is full or when the next
     /// step needs bytes not read yet.
-    fn process(&mut self, out: &mut ReadBuf<'_>, received_at: SystemTime) {
+    fn process(&mut self, out: &mut ReadBuf<'_>) {
         loop {
-            let pending = &self.buffer[self.start..];
+            let pending = &self.buffer[self.start..self.end];
             if pending.is_empty() || out.remaining() == 0 {
                 return;
             }
@@ -218,8 +226,19 @@ impl<S> TapStream<S> {
                 if pending.len() < total {
                     return;
                 }
-                if let Some(notification) = parse_notification(&pending[5..total], received_at) {
-                    self.lifted.push(notification);
+                if let Some((process_id, channel, payload)) = parse_notification(&pending[5..total])
+                {
+                    // Both are under MAX_LIFTED, and the text is handed over
+                    // before it reaches u32::MAX (see `poll_read`).
+                    let at = self.text.len() as u32;
+                    self.text.extend_from_slice(channel);
+                    let split = self.text.len() as u32;
+                    self.text.extend_from_slice(payload);
+                    self.lifted.push(Lifted {
+                        process_id,
+                        channel: (at, split),
+                        payload: (split, self.text.len() as u32),
+                    });
                     self.start += total;
                     continue;
                 }
@@ -231,33 +250,78 @@ impl<S> TapStream<S> {
         }
     }
 
-    fn hand_over(&mut self) {
-        if !self.lifted.is_empty() {
-            self.tap.lock().extend(self.lifted.drain(..));
+    /// Moves what was lifted to the tap: one shared text for all of it.
+    fn hand_over(&mut self, received_at: SystemTime) {
+        if self.lifted.is_empty() {
+            return;
         }
+        // Each stretch was checked to be UTF-8, so the whole is: this never
+        // replaces anything.
+        let text: Arc<str> = Arc::from(&*String::from_utf8_lossy(&self.text));
+        self.text.clear();
+        let lifted = self.lifted.drain(..).map(|lifted| {
+            RawNotification::new(
+                lifted.process_id,
+                received_at,
+                text.clone(),
+                lifted.channel,
+                lifted.payload,
+            )
+        });
+        self.tap.lock().extend(lifted);
     }
+}
+
+/// Where the first NUL byte of `bytes` is, eight bytes at a time.
+#[inline]
+fn find_nul(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        // The lowest byte flagged is the first zero byte (only bytes after
+        // a zero byte can be flagged wrongly).
+        let zeros = word.wrapping_sub(ONES) & !word & HIGHS;
+        if zeros != 0 {
+            return Some(at + zeros.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|byte| *byte == 0)
+        .map(|position| at + position)
+}
+
+/// Whether `bytes` is UTF-8: ASCII first, which is cheaper to check.
+#[inline]
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 /// `process_id`, channel and payload of a `NotificationResponse` body, if
 /// it is exactly what tokio-postgres accepts: two NUL-terminated UTF-8
 /// strings after the process id, and nothing after them.
-fn parse_notification(body: &[u8], received_at: SystemTime) -> Option<TappedNotification> {
+fn parse_notification(body: &[u8]) -> Option<(i32, &[u8], &[u8])> {
     let process_id = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
-    let rest = &body[4..];
-    let channel_end = rest.iter().position(|byte| *byte == 0)?;
-    let payload = &rest[channel_end + 1..];
-    let payload_end = payload.iter().position(|byte| *byte == 0)?;
-    if payload_end + 1 != payload.len() {
+    // "channel\0payload\0", with no other NUL.
+    let (&last, strings) = body[4..].split_last()?;
+    if last != 0 {
         return None;
     }
-    let channel = std::str::from_utf8(&rest[..channel_end]).ok()?;
-    let payload = std::str::from_utf8(&payload[..payload_end]).ok()?;
-    Some(TappedNotification {
-        process_id,
-        channel: channel.to_owned(),
-        payload: payload.to_owned(),
-        received_at,
-    })
+    let channel_end = find_nul(strings)?;
+    let payload = &strings[channel_end + 1..];
+    if find_nul(payload).is_some() {
+        return None;
+    }
+    // One check for both: NUL is a character of its own.
+    if !is_utf8(strings) {
+        return None;
+    }
+    Some((process_id, &strings[..channel_end], payload))
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TapStream<S> {
@@ -275,40 +339,41 @@ impl<S: AsyncRead + Unpin> AsyncRead for TapStream<S> {
         let received_at = SystemTime::now();
         let mut reads = 0;
         loop {
-            this.process(out, received_at);
+            this.process(out);
             if out.filled().len() > before || this.ended {
-                this.hand_over();
+                this.hand_over(received_at);
                 return Poll::Ready(Ok(()));
             }
             // Everything buffered is handled (or incomplete): read more. After
             // one read that gave the connection nothing, let the driver take
             // what was lifted before reading on.
             if reads == 1 {
-                this.hand_over();
+                this.hand_over(received_at);
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
             if this.start > 0 {
-                this.buffer.drain(..this.start);
+                this.buffer.copy_within(this.start..this.end, 0);
+                this.end -= this.start;
                 this.start = 0;
             }
-            let filled = this.buffer.len();
-            this.buffer.resize(filled + READ_SIZE, 0);
-            let mut read_buf = ReadBuf::new(&mut this.buffer[filled..]);
+            let filled = this.end;
+            if this.buffer.len() < filled + READ_SIZE {
+                // Zeroed once; later reads reuse it as it is.
+                this.buffer.resize(filled + READ_SIZE, 0);
+            }
+            let mut read_buf = ReadBuf::new(&mut this.buffer[filled..filled + READ_SIZE]);
             let result = Pin::new(&mut this.inner).poll_read(cx, &mut read_buf);
             let read = read_buf.filled().len();
-            this.buffer.truncate(filled + read);
-            debug_assert!(
-                this.buffer.len() <= MAX_BUFFERED,
-                "the tap buffers too much"
-            );
+            this.end = filled + read;
+            debug_assert!(this.end <= MAX_BUFFERED, "the tap buffers too much");
             match result {
                 Poll::Pending => {
-                    this.hand_over();
+                    this.hand_over(received_at);
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(error)) => {
-                    this.hand_over();
+                    this.hand_over(received_at);
                     return Poll::Ready(Err(error));
                 }
                 Poll::Ready(Ok(())) if read == 0 => {
