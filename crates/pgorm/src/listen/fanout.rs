@@ -86,6 +86,7 @@ impl NotificationBatch {
 impl std::ops::Deref for NotificationBatch {
     type Target = [Arc<PgNotification>];
 
+    #[inline]
     fn deref(&self) -> &Self::Target {
         &self.run[self.start..self.end]
     }
@@ -359,31 +360,42 @@ impl FanoutReceiver {
         &mut self,
         consumer: Option<&Waker>,
     ) -> Option<Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> {
-        loop {
-            let event = match self.taken.front_mut() {
-                Some(ListenerEvent::Notification(batch)) => {
-                    let notification = batch[0].clone();
-                    // In place: replacing the batch would count its run twice.
-                    batch.start += 1;
-                    if batch.is_empty() {
-                        self.taken.pop_front();
-                    }
-                    self.held -= 1;
-                    ListenerEvent::Notification(notification)
-                }
-                Some(_) => match self.taken.pop_front() {
-                    Some(ListenerEvent::Reconnected { generation }) => {
-                        ListenerEvent::Reconnected { generation }
-                    }
-                    Some(ListenerEvent::Lagged { dropped }) => ListenerEvent::Lagged { dropped },
-                    _ => unreachable!("a marker is at the front"),
-                },
-                None => match self.fill(consumer)? {
-                    Some(end) => return Some(end.map(Err)),
-                    None => continue,
-                },
-            };
-            return Some(Some(Ok(event)));
+        // The common case, a notification of a batch already taken, in as
+        // few steps as it takes: one reference count, no lock.
+        if let Some(ListenerEvent::Notification(batch)) = self.taken.front_mut() {
+            let notification = batch.run[batch.start].clone();
+            // In place: replacing the batch would count its run twice.
+            batch.start += 1;
+            if batch.start == batch.end {
+                self.taken.pop_front();
+            }
+            self.held -= 1;
+            return Some(Some(Ok(ListenerEvent::Notification(notification))));
+        }
+        self.next_slow(consumer)
+    }
+
+    /// [`next`](Self::next) when no notification is at the front: a marker,
+    /// or a take from the queue.
+    #[cold]
+    fn next_slow(
+        &mut self,
+        consumer: Option<&Waker>,
+    ) -> Option<Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> {
+        match self.taken.pop_front() {
+            Some(ListenerEvent::Reconnected { generation }) => {
+                Some(Some(Ok(ListenerEvent::Reconnected { generation })))
+            }
+            Some(ListenerEvent::Lagged { dropped }) => {
+                Some(Some(Ok(ListenerEvent::Lagged { dropped })))
+            }
+            Some(ListenerEvent::Notification(_)) => {
+                unreachable!("next() takes the notifications at the front")
+            }
+            None => match self.fill(consumer)? {
+                Some(end) => Some(end.map(Err)),
+                None => self.next(None),
+            },
         }
     }
 

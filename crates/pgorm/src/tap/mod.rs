@@ -255,9 +255,13 @@ impl<S> TapStream<S> {
         if self.lifted.is_empty() {
             return;
         }
-        // Each stretch was checked to be UTF-8, so the whole is: this never
-        // replaces anything.
-        let text: Arc<str> = Arc::from(&*String::from_utf8_lossy(&self.text));
+        // Each stretch was checked to be UTF-8, so the whole is (one check of
+        // the whole read is cheaper than building it from the stretches);
+        // the lossy form is never needed.
+        let text: Arc<str> = match std::str::from_utf8(&self.text) {
+            Ok(text) => Arc::from(text),
+            Err(_) => Arc::from(&*String::from_utf8_lossy(&self.text)),
+        };
         self.text.clear();
         let lifted = self.lifted.drain(..).map(|lifted| {
             RawNotification::new(
