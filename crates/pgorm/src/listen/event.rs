@@ -176,6 +176,22 @@ impl RawNotification {
         &self.text[self.payload.0 as usize..self.payload.1 as usize]
     }
 
+    /// Whether `self` and `other` are stretches of the same text.
+    pub(crate) fn shares_text(&self, other: &RawNotification) -> bool {
+        std::sync::Arc::ptr_eq(&self.text, &other.text)
+    }
+
+    /// Moves this notification to a text of its own, so that it keeps no
+    /// other notification's text alive.
+    pub(crate) fn detach(&mut self) {
+        *self = RawNotification::from_parts(
+            self.process_id,
+            self.channel(),
+            self.payload(),
+            self.received_at,
+        );
+    }
+
     /// The owned, public form.
     pub(crate) fn to_notification(&self) -> PgNotification {
         PgNotification {

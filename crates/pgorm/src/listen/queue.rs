@@ -462,6 +462,18 @@ impl QueueState {
             return Offer::Refused(ListenerEvent::Notification(notification));
         }
         if self.policy == QueuePolicy::DropNewest {
+            // The queued notifications of the same read must not keep the
+            // dropped ones' text alive: a queue full of reads' first few
+            // notifications would pin far more than its capacity says.
+            for item in self.items.iter_mut().rev() {
+                match item {
+                    ListenerEvent::Notification(kept) if kept.shares_text(&notification) => {
+                        kept.detach();
+                    }
+                    ListenerEvent::Notification(_) => break,
+                    _ => {}
+                }
+            }
             push_marker(&mut self.items, ListenerEvent::Lagged { dropped: 1 });
         } else {
             self.drop_oldest();
@@ -610,6 +622,29 @@ mod tests {
         queue.push_batch(&mut batch(&["6"]), Waker::noop());
         assert_eq!(drain(&queue), ["L3", "4", "5", "6"]);
         assert_eq!(triple(queue.counts()), (3, 3, 0));
+    }
+
+    /// A notification kept by `DropNewest` gets a text of its own: the
+    /// dropped ones of its read are not kept alive through it.
+    #[test]
+    fn drop_newest_keeps_no_dropped_text_alive() {
+        let queue = queue(2, QueuePolicy::DropNewest);
+        let text: Arc<str> = Arc::from("c1c2c3");
+        let read: VecDeque<RawEvent> = (0..3u32)
+            .map(|i| {
+                ListenerEvent::Notification(RawNotification::new(
+                    1,
+                    std::time::SystemTime::UNIX_EPOCH,
+                    text.clone(),
+                    (2 * i, 2 * i + 1),
+                    (2 * i + 1, 2 * i + 2),
+                ))
+            })
+            .collect();
+        queue.push_batch(&mut read.clone(), Waker::noop());
+        drop(read);
+        assert_eq!(Arc::strong_count(&text), 1, "only the test holds the text");
+        assert_eq!(drain(&queue), ["1", "2", "L1"]);
     }
 
     #[test]
