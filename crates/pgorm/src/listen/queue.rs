@@ -323,13 +323,13 @@ impl EventQueue {
             notifications = state.queued;
             std::mem::swap(&mut state.items, into);
         } else {
-            let mut moved = 0;
             let count = TAKE_AT_ONCE.min(state.items.len());
-            for item in state.items.drain(..count) {
-                moved += usize::from(matches!(item, ListenerEvent::Notification(_)));
-                into.push_back(item);
-            }
-            notifications = moved;
+            notifications = state
+                .items
+                .range(..count)
+                .filter(|item| matches!(item, ListenerEvent::Notification(_)))
+                .count();
+            into.extend(state.items.drain(..count));
         }
         state.queued -= notifications;
         state.delivered += notifications as u64;
@@ -373,14 +373,20 @@ impl EventQueue {
         let mut dropped = 0;
         // The common case, a consumer that keeps up: the queue is empty and
         // the batch fits, so the buffers change hands instead of the items.
-        if state.items.is_empty() && batch.len() <= state.capacity {
+        // Or a batch of notifications only, with room for all of them: moved
+        // in one go (markers need merging, and a full queue its policy).
+        if batch.len() <= state.capacity.saturating_sub(state.queued) {
             let notifications = batch
                 .iter()
                 .filter(|event| matches!(event, ListenerEvent::Notification(_)))
                 .count();
             if notifications == batch.len() {
-                std::mem::swap(&mut state.items, batch);
-                state.queued = notifications;
+                if state.items.is_empty() {
+                    std::mem::swap(&mut state.items, batch);
+                } else {
+                    state.items.append(batch);
+                }
+                state.queued += notifications;
                 state.received += notifications as u64;
                 Self::after_push(state);
                 return (Pushed::All, 0);

@@ -226,18 +226,19 @@ impl<S> TapStream<S> {
                 if pending.len() < total {
                     return;
                 }
-                if let Some((process_id, channel, payload)) = parse_notification(&pending[5..total])
+                if let Some((process_id, strings, channel_len)) =
+                    parse_notification(&pending[5..total])
                 {
-                    // Both are under MAX_LIFTED, and the text is handed over
-                    // before it reaches u32::MAX (see `poll_read`).
+                    // "channel\0payload" in one copy. Under MAX_LIFTED each,
+                    // and the text is handed over after every read: the
+                    // offsets fit in u32.
                     let at = self.text.len() as u32;
-                    self.text.extend_from_slice(channel);
-                    let split = self.text.len() as u32;
-                    self.text.extend_from_slice(payload);
+                    self.text.extend_from_slice(strings);
+                    let split = at + channel_len as u32;
                     self.lifted.push(Lifted {
                         process_id,
                         channel: (at, split),
-                        payload: (split, self.text.len() as u32),
+                        payload: (split + 1, self.text.len() as u32),
                     });
                     self.start += total;
                     continue;
@@ -306,10 +307,11 @@ fn is_utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
-/// `process_id`, channel and payload of a `NotificationResponse` body, if
-/// it is exactly what tokio-postgres accepts: two NUL-terminated UTF-8
-/// strings after the process id, and nothing after them.
-fn parse_notification(body: &[u8]) -> Option<(i32, &[u8], &[u8])> {
+/// `process_id`, then channel and payload as "channel\0payload" with the
+/// channel's length, of a `NotificationResponse` body, if it is exactly
+/// what tokio-postgres accepts: two NUL-terminated UTF-8 strings after the
+/// process id, and nothing after them.
+fn parse_notification(body: &[u8]) -> Option<(i32, &[u8], usize)> {
     let process_id = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
     // "channel\0payload\0", with no other NUL.
     let (&last, strings) = body[4..].split_last()?;
@@ -325,7 +327,7 @@ fn parse_notification(body: &[u8]) -> Option<(i32, &[u8], &[u8])> {
     if !is_utf8(strings) {
         return None;
     }
-    Some((process_id, &strings[..channel_end], payload))
+    Some((process_id, strings, channel_end))
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TapStream<S> {
