@@ -15,6 +15,9 @@ pub use crate::listen::{
 };
 #[cfg(feature = "json")]
 pub use crate::listen::{Channel, TypedEvent, TypedSubscription};
+pub use crate::model::{FromRow, Model, ModelExt};
+#[cfg(feature = "json")]
+pub use crate::changes::{Change, ChangeFeed};
 pub use crate::pg_client::{PgClient, PgTransaction};
 pub use crate::pool::PoolConfig;
 pub use tokio_postgres::Row;
