@@ -1,7 +1,7 @@
 //! pgorm's LISTEN/NOTIFY benchmark.
 //!
 //! `cargo run --release --manifest-path crates/pgorm-bench/Cargo.toml -- [--rounds N] [WORKLOAD…]`
-//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`)
+//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `changes`)
 //!
 //! Runs every peer on the same server and publisher, interleaved within each
 //! round, each measurement in a child process of its own (so peak memory is
@@ -16,6 +16,7 @@
 //! the CA file named by `PGSSLROOTCERT`, and they are skipped (with a
 //! printed line) when there is none or the server does not accept TLS.
 
+mod changes;
 mod events;
 mod measure;
 mod peers;
@@ -80,6 +81,7 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
         ],
         "reconnect" => vec![LISTENER, "pgorm PgNotifyHub x1", SQLX],
         "events" => events::RUNS.to_vec(),
+        "changes" => changes::RUNS.to_vec(),
         other => panic!("unknown workload {other}"),
     }
 }
@@ -100,7 +102,14 @@ fn parent(args: &[String]) {
         }
     }
     if workloads.is_empty() {
-        workloads = ["throughput", "latency", "burst", "reconnect", "events"]
+        workloads = [
+            "throughput",
+            "latency",
+            "burst",
+            "reconnect",
+            "events",
+            "changes",
+        ]
             .map(String::from)
             .to_vec();
     }
@@ -271,6 +280,7 @@ fn metrics_of(workload: &str) -> Vec<(&'static str, &'static str, bool)> {
             ("connect_ms", "one plain connect, ms", false),
         ],
         "events" => events::METRICS.to_vec(),
+        "changes" => changes::METRICS.to_vec(),
         _ => Vec::new(),
     }
 }
@@ -354,6 +364,7 @@ fn child(workload: &str, run: &str, url: &str) -> Results {
             "burst" => burst(run, url).await,
             "reconnect" => reconnect(run, url).await,
             "events" => events::run(run, url).await,
+            "changes" => changes::run(run, url).await,
             other => panic!("unknown workload {other}"),
         }
     })
