@@ -105,24 +105,46 @@ async fn installing_twice_changes_nothing_and_uninstall_leaves_no_trigger() {
     let comment: String = setup
         .client
         .query_one(
-            "SELECT obj_description('pgorm_change_feed'::regproc, 'pg_proc')",
+            "SELECT obj_description(tgfoid, 'pg_proc') FROM pg_trigger \
+             WHERE tgrelid = 'items'::regclass LIMIT 1",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(comment, changes::FEED_VERSION);
+    assert!(comment.starts_with(changes::FEED_VERSION), "{comment}");
+    let functions = |client: PgClient| async move {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_proc WHERE proname LIKE 'pgorm\\_changes\\_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(functions(setup.client.clone()).await, 1);
 
     assert!(changes::uninstall::<Item>(&setup.client).await.unwrap());
     assert!(triggers(setup.client.clone()).await.is_empty());
+    assert_eq!(functions(setup.client.clone()).await, 0, "the function is gone too");
     assert!(!changes::uninstall::<Item>(&setup.client).await.unwrap());
-    // Installing again after an older version is replaced.
-    setup
-        .client
-        .execute("COMMENT ON FUNCTION pgorm_change_feed() IS 'old'", &[])
-        .await
-        .unwrap();
+
+    // An older version is replaced by install.
     assert!(changes::install::<Item>(&setup.client).await.unwrap());
+    let sql: String = setup
+        .client
+        .query_one(
+            "SELECT format('COMMENT ON FUNCTION %s IS %L', tgfoid::regprocedure, 'pgorm change feed 0') \
+             FROM pg_trigger WHERE tgrelid = 'items'::regclass LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    setup.client.execute(&sql, &[]).await.unwrap();
+    assert!(changes::install::<Item>(&setup.client).await.unwrap());
+    assert!(!changes::install::<Item>(&setup.client).await.unwrap());
     assert_eq!(triggers(setup.client.clone()).await.len(), 3);
 }
 

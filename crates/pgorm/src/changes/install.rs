@@ -6,12 +6,10 @@ use crate::model::{qualified_table, quote_identifier, Model};
 use crate::pg_client::PgClient;
 use crate::GenericClient;
 
-/// The version of the trigger function this pgorm installs, kept in the
-/// function's comment. A different comment makes [`install`] replace it.
-pub const FEED_VERSION: &str = "pgorm change feed 1";
-
-/// The trigger function's name, in the table's schema.
-const FUNCTION: &str = "pgorm_change_feed";
+/// The version of the trigger functions this pgorm installs, kept at the
+/// start of each function's comment. A different comment makes [`install`]
+/// replace the function and its triggers.
+pub const FEED_VERSION: &str = "pgorm change feed 2";
 
 /// The three statement-level triggers, by operation.
 const TRIGGERS: [(&str, &str, &str); 3] = [
@@ -29,50 +27,108 @@ const TRIGGERS: [(&str, &str, &str); 3] = [
 /// payload stays under 8000 bytes.
 pub const KEY_BYTES_PER_NOTIFICATION: usize = 3900;
 
-/// The trigger function. Arguments: the channel, then the key columns. It
-/// reads the transition tables once per statement and sends
-/// `{"op":"I|U|D","keys":[{...},...]}` chunks: the keys of one operation,
-/// in order, cut into runs whose keys start within
-/// [`KEY_BYTES_PER_NOTIFICATION`] bytes. An UPDATE that changes a key sends
-/// the old key as `D` and the new one as `I`.
-fn function_sql(schema: &str) -> OrmResult<String> {
+/// `s` as an SQL string literal, whatever `standard_conforming_strings` is.
+fn sql_literal(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+/// The SQL expression that renders the key of row alias `alias` as a JSON
+/// object text, e.g. `'{"id":' || to_json(n."id")::text || '}'`.
+fn key_json(alias: &str, keys: &[&str]) -> OrmResult<String> {
+    let mut parts = Vec::new();
+    for (i, column) in keys.iter().enumerate() {
+        let name = serde_json::to_string(column).expect("a string serialises");
+        let open = if i == 0 { "{" } else { "," };
+        parts.push(sql_literal(&format!("{open}{name}:")));
+        parts.push(format!("to_json({alias}.{})::text", quote_identifier(column)?));
+    }
+    parts.push("'}'".to_owned());
+    Ok(parts.join(" || "))
+}
+
+/// The table's own trigger function, with its channel and key columns
+/// written into static SQL (so PL/pgSQL plans each query once per session).
+/// It reads the transition tables once per statement and sends
+/// `{"op":"I|U|D","keys":[{...},...]}` chunks, cut where the running size
+/// of the keys passes a multiple of [`KEY_BYTES_PER_NOTIFICATION`]. An
+/// UPDATE that changes a key sends the old key as `D` and the new one as
+/// `I`.
+fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<String> {
+    let channel = sql_literal(channel);
+    let chunk = |source: &str| {
+        format!(
+            "(sum(octet_length({source}) + 1) OVER (ROWS UNBOUNDED PRECEDING) \
+             - octet_length({source}) - 1) / {KEY_BYTES_PER_NOTIFICATION}"
+        )
+    };
+    let mut join = String::new();
+    for (i, column) in keys.iter().enumerate() {
+        let column = quote_identifier(column)?;
+        join.push_str(if i == 0 { "" } else { " AND " });
+        join.push_str(&format!("n.{column} = o.{column}"));
+    }
+    let first = quote_identifier(keys[0])?;
+    let single = |op: &str, table: &str| -> OrmResult<String> {
+        Ok(format!(
+            r#"FOR payload IN
+            SELECT '{{"op":"{op}","keys":[' || string_agg(key, ',') || ']}}'
+            FROM (SELECT key, {chunk} AS chunk
+                  FROM (SELECT {json} AS key FROM {table} r) keys) chunked
+            GROUP BY chunk
+        LOOP
+            PERFORM pg_notify({channel}, payload);
+        END LOOP;"#,
+            chunk = chunk("key"),
+            json = key_json("r", keys)?,
+        ))
+    };
     Ok(format!(
-        r#"CREATE OR REPLACE FUNCTION {schema}.{FUNCTION}() RETURNS trigger
+        r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
 LANGUAGE plpgsql AS $pgorm$
 DECLARE
-    keys text;
-    changed text;
     payload text;
 BEGIN
-    SELECT string_agg(quote_ident(TG_ARGV[i]), ', ' ORDER BY i) INTO keys
-    FROM generate_series(1, TG_NARGS - 1) AS i;
     IF TG_OP = 'INSERT' THEN
-        changed := format('SELECT ''I'' AS op, row_to_json(k)::text AS key FROM (SELECT %s FROM pgorm_new) k', keys);
+        {insert}
     ELSIF TG_OP = 'DELETE' THEN
-        changed := format('SELECT ''D'' AS op, row_to_json(k)::text AS key FROM (SELECT %s FROM pgorm_old) k', keys);
+        {delete}
     ELSE
-        changed := format(
-            'SELECT CASE WHEN o.key IS NULL THEN ''I'' WHEN n.key IS NULL THEN ''D'' ELSE ''U'' END AS op, '
-            'coalesce(n.key, o.key) AS key '
-            'FROM (SELECT row_to_json(k)::text AS key FROM (SELECT %1$s FROM pgorm_new) k) n '
-            'FULL JOIN (SELECT row_to_json(k)::text AS key FROM (SELECT %1$s FROM pgorm_old) k) o ON n.key = o.key',
-            keys);
+        FOR payload IN
+            SELECT '{{"op":"' || op || '","keys":[' || string_agg(key, ',') || ']}}'
+            FROM (SELECT op, key, {chunk} AS chunk
+                  FROM (SELECT CASE WHEN o.{first} IS NULL THEN 'I'
+                                    WHEN n.{first} IS NULL THEN 'D' ELSE 'U' END AS op,
+                               CASE WHEN n.{first} IS NULL THEN {old_json} ELSE {new_json} END AS key
+                        FROM pgorm_new n FULL JOIN pgorm_old o ON {join}) changed) chunked
+            GROUP BY op, chunk
+        LOOP
+            PERFORM pg_notify({channel}, payload);
+        END LOOP;
     END IF;
-    FOR payload IN EXECUTE format(
-        'SELECT ''{{"op":"'' || op || ''","keys":['' || string_agg(key, '','' ORDER BY n) || '']}}'' '
-        'FROM (SELECT op, key, n, (sum(octet_length(key) + 1) OVER (PARTITION BY op ORDER BY n) '
-        '                          - octet_length(key) - 1) / {KEY_BYTES_PER_NOTIFICATION} AS chunk '
-        '      FROM (SELECT op, key, row_number() OVER () AS n FROM (%s) changed) numbered) chunked '
-        'GROUP BY op, chunk ORDER BY min(n)',
-        changed)
-    LOOP
-        PERFORM pg_notify(TG_ARGV[0], payload);
-    END LOOP;
     RETURN NULL;
 END
 $pgorm$"#,
-        schema = quote_identifier(schema)?,
+        insert = single("I", "pgorm_new")?,
+        delete = single("D", "pgorm_old")?,
+        chunk = chunk("key"),
+        old_json = key_json("o", keys)?,
+        new_json = key_json("n", keys)?,
     ))
+}
+
+/// The name of the table's trigger function (in the table's schema):
+/// `pgorm_changes_` and a hash of the table's name.
+fn function_name(table: &str) -> String {
+    format!("pgorm_changes_{:016x}", fnv1a(table.as_bytes()))
+}
+
+/// What the function's comment says: the version, the channel, the keys.
+fn function_comment(channel: &str, keys: &[&str]) -> String {
+    format!("{FEED_VERSION}; channel {channel:?}; keys {keys:?}")
 }
 
 /// The channel a table's feed notifies on: `pgorm_changes:schema.table`,
@@ -117,88 +173,101 @@ pub(crate) async fn resolve_table<M: Model>(
     Ok((row.get(0), row.get(1)))
 }
 
-/// Whether the current function and all three triggers, with these
-/// arguments, are on the table already.
-async fn is_current(
-    client: &impl GenericClient,
-    table: &str,
-    schema: &str,
-    args: &[String],
-) -> OrmResult<bool> {
+/// The table, its schema-qualified function, the function's comment and
+/// its SQL.
+struct Feed {
+    table: String,
+    function: String,
+    comment: String,
+}
+
+async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
+    let (schema, table_name) = resolve_table::<M>(client).await?;
+    let schema_quoted = quote_identifier(&schema)?;
+    let channel = channel_name(&schema, &table_name);
+    Ok(Feed {
+        table: format!("{schema_quoted}.{}", quote_identifier(&table_name)?),
+        function: format!(
+            "{schema_quoted}.{}",
+            quote_identifier(&function_name(&table_name))?
+        ),
+        comment: function_comment(&channel, M::KEY_COLUMNS),
+    })
+}
+
+/// Whether the function with this exact comment and all three triggers
+/// calling it are on the table already.
+async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
     let row = client
         .query_one(
             "SELECT count(*) FROM pg_trigger t \
-             JOIN pg_proc p ON p.oid = t.tgfoid \
-             JOIN pg_namespace n ON n.oid = p.pronamespace \
              WHERE t.tgrelid = $1::text::regclass AND t.tgname = ANY($2) \
-               AND p.proname = $3 AND n.nspname = $4 \
-               AND obj_description(p.oid, 'pg_proc') = $5 \
-               AND t.tgargs = (SELECT string_agg(convert_to(a, 'UTF8') || '\\x00'::bytea, ''::bytea ORDER BY o) \
-                               FROM unnest($6::text[]) WITH ORDINALITY AS u(a, o))",
-            &[&table, &names, &FUNCTION, &schema, &FEED_VERSION, &args],
+               AND to_regprocedure($3 || '()') IS NOT NULL \
+               AND t.tgfoid = to_regprocedure($3 || '()') \
+               AND obj_description(t.tgfoid, 'pg_proc') = $4",
+            &[&feed.table, &names, &feed.function, &feed.comment],
         )
         .await?;
     let count: i64 = row.get(0);
     Ok(count == TRIGGERS.len() as i64)
 }
 
-/// Installs the change feed of `M`'s table: the trigger function (in the
-/// table's schema, versioned by [`FEED_VERSION`] in its comment) and three
-/// statement-level `AFTER INSERT/UPDATE/DELETE` triggers with transition
-/// tables, so a statement sends one notification per chunk of keys, not
-/// one per row. Runs in one transaction under an advisory lock.
+/// Installs the change feed of `M`'s table: a trigger function of its own
+/// (in the table's schema, versioned by [`FEED_VERSION`] in its comment)
+/// and three statement-level `AFTER INSERT/UPDATE/DELETE` triggers with
+/// transition tables, so a statement sends one notification per chunk of
+/// keys, not one per row. Runs in one transaction under an advisory lock.
 ///
 /// Returns `false` when the current feed was installed already (nothing is
 /// changed), `true` when it installed or upgraded it.
 ///
-/// Keys must be at most [`KEY_BYTES_PER_NOTIFICATION`] bytes as JSON; a
-/// larger one makes the writing statement fail (never a lost change).
+/// The key columns must not be NULL (a primary key), and a key must be at
+/// most [`KEY_BYTES_PER_NOTIFICATION`] bytes as JSON; a larger one makes
+/// the writing statement fail (never a lost change).
 ///
 /// # Errors
-/// [`OrmError::Query`] when the table does not exist or the role may not
-/// create triggers on it; [`OrmError::Validation`] for names that cannot
-/// be identifiers.
+/// [`OrmError::Query`](crate::OrmError::Query) when the table does not
+/// exist or the role may not create triggers on it;
+/// [`OrmError::Validation`](crate::OrmError::Validation) for names that
+/// cannot be identifiers.
 pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let tx = client.transaction().await?;
-    let (schema, table_name) = resolve_table::<M>(&tx).await?;
-    let table = format!(
-        "{}.{}",
-        quote_identifier(&schema)?,
-        quote_identifier(&table_name)?
-    );
+    let feed = feed_of::<M>(&tx).await?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('pgorm change feed'), hashtext($1))",
-        &[&table],
+        &[&feed.table],
     )
     .await?;
-    let mut args = vec![channel_name(&schema, &table_name)];
-    args.extend(M::KEY_COLUMNS.iter().map(|c| (*c).to_owned()));
-    if is_current(&tx, &table, &schema, &args).await? {
+    if is_current(&tx, &feed).await? {
         tx.rollback().await?;
         return Ok(false);
     }
-    tx.execute(&function_sql(&schema)?, &[]).await?;
-    let function = format!("{}.{FUNCTION}", quote_identifier(&schema)?);
-    let comment = format!("COMMENT ON FUNCTION {function}() IS '{FEED_VERSION}'");
-    tx.execute(&comment, &[]).await?;
+    let (schema, table_name) = resolve_table::<M>(&tx).await?;
+    let channel = channel_name(&schema, &table_name);
+    tx.execute(
+        &function_sql(&feed.function, &channel, M::KEY_COLUMNS)?,
+        &[],
+    )
+    .await?;
+    tx.execute(
+        &format!(
+            "COMMENT ON FUNCTION {}() IS {}",
+            feed.function,
+            sql_literal(&feed.comment)
+        ),
+        &[],
+    )
+    .await?;
     for (name, operation, referencing) in TRIGGERS {
-        tx.execute(&format!("DROP TRIGGER IF EXISTS {name} ON {table}"), &[])
+        tx.execute(&format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table), &[])
             .await?;
-        // The arguments are quoted as literals by the server.
-        let row = tx
-            .query_one(
-                "SELECT string_agg(quote_literal(a), ', ' ORDER BY o) \
-                 FROM unnest($1::text[]) WITH ORDINALITY AS u(a, o)",
-                &[&args],
-            )
-            .await?;
-        let literals: String = row.get(0);
         tx.execute(
             &format!(
-                "CREATE TRIGGER {name} AFTER {operation} ON {table} \
+                "CREATE TRIGGER {name} AFTER {operation} ON {} \
                  REFERENCING {referencing} FOR EACH STATEMENT \
-                 EXECUTE FUNCTION {function}({literals})"
+                 EXECUTE FUNCTION {}()",
+                feed.table, feed.function
             ),
             &[],
         )
@@ -208,32 +277,28 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     Ok(true)
 }
 
-/// Removes the feed's triggers from `M`'s table (the shared trigger
-/// function stays, other tables of the schema may use it). Returns whether
-/// there was anything to remove.
+/// Removes the feed from `M`'s table: its three triggers and its function.
+/// Returns whether there was anything to remove.
 ///
 /// # Errors
 /// As [`install`].
 pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let tx = client.transaction().await?;
-    let (schema, table_name) = resolve_table::<M>(&tx).await?;
-    let table = format!(
-        "{}.{}",
-        quote_identifier(&schema)?,
-        quote_identifier(&table_name)?
-    );
+    let feed = feed_of::<M>(&tx).await?;
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
     let present: i64 = tx
         .query_one(
             "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = ANY($2)",
-            &[&table, &names],
+            &[&feed.table, &names],
         )
         .await?
         .get(0);
     for name in names {
-        tx.execute(&format!("DROP TRIGGER IF EXISTS {name} ON {table}"), &[])
+        tx.execute(&format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table), &[])
             .await?;
     }
+    tx.execute(&format!("DROP FUNCTION IF EXISTS {}()", feed.function), &[])
+        .await?;
     tx.commit().await?;
     Ok(present > 0)
 }
@@ -241,6 +306,12 @@ pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_double_quotes_and_escape_backslashes() {
+        assert_eq!(sql_literal("it's"), "'it''s'");
+        assert_eq!(sql_literal(r"a\'b"), r"E'a\\''b'");
+    }
 
     #[test]
     fn short_names_make_a_readable_channel() {
