@@ -482,4 +482,47 @@ async fn wide_keys_are_chunked_under_the_payload_limit() {
     })
     .await;
     assert!(feed.stats().received >= 200 * 1500 / 8000);
+
+    // A few rows whose keys together do not fit one notification.
+    setup
+        .client
+        .execute(
+            r#"INSERT INTO "wide keys" SELECT lpad(n::text, 1900, 'x') FROM generate_series(1, 5) n"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut inserted = BTreeSet::new();
+    within("the few wide inserts", async {
+        while inserted.len() < 5 {
+            for change in feed.next_batch().await.unwrap().unwrap() {
+                match change {
+                    Change::Inserted(row) => inserted.insert(row.name),
+                    other => panic!("unexpected {other:?}"),
+                };
+            }
+        }
+    })
+    .await;
+    setup
+        .client
+        .execute(
+            r#"UPDATE "wide keys" SET name = name WHERE name LIKE 'xxx%'"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut updated = BTreeSet::new();
+    within("the few wide updates", async {
+        while updated.len() < 5 {
+            for change in feed.next_batch().await.unwrap().unwrap() {
+                match change {
+                    Change::Updated(row) => updated.insert(row.name),
+                    other => panic!("unexpected {other:?}"),
+                };
+            }
+        }
+    })
+    .await;
+    assert_eq!(inserted, updated);
 }

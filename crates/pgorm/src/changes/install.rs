@@ -9,7 +9,7 @@ use crate::GenericClient;
 /// The version of the trigger functions this pgorm installs, kept at the
 /// start of each function's comment. A different comment makes [`install`]
 /// replace the function and its triggers.
-pub const FEED_VERSION: &str = "pgorm change feed 2";
+pub const FEED_VERSION: &str = "pgorm change feed 3";
 
 /// The three statement-level triggers, by operation.
 const TRIGGERS: [(&str, &str, &str); 3] = [
@@ -59,12 +59,10 @@ fn key_json(alias: &str, keys: &[&str]) -> OrmResult<String> {
 /// `I`.
 fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<String> {
     let channel = sql_literal(channel);
-    let chunk = |source: &str| {
-        format!(
-            "(sum(octet_length({source}) + 1) OVER (ROWS UNBOUNDED PRECEDING) \
-             - octet_length({source}) - 1) / {KEY_BYTES_PER_NOTIFICATION}"
-        )
-    };
+    let chunk = format!(
+        "(sum(octet_length(key) + 1) OVER (ROWS UNBOUNDED PRECEDING) \
+         - octet_length(key) - 1) / {KEY_BYTES_PER_NOTIFICATION}"
+    );
     let mut join = String::new();
     for (i, column) in keys.iter().enumerate() {
         let column = quote_identifier(column)?;
@@ -72,18 +70,47 @@ fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<Strin
         join.push_str(&format!("n.{column} = o.{column}"));
     }
     let first = quote_identifier(keys[0])?;
-    let single = |op: &str, table: &str| -> OrmResult<String> {
-        Ok(format!(
+    // The keys of an UPDATE, with their operation.
+    let changed = format!(
+        "SELECT CASE WHEN o.{first} IS NULL THEN 'I' WHEN n.{first} IS NULL THEN 'D' ELSE 'U' END AS op, \
+                CASE WHEN n.{first} IS NULL THEN {old} ELSE {new} END AS key \
+         FROM pgorm_new n FULL JOIN pgorm_old o ON {join}",
+        old = key_json("o", keys)?,
+        new = key_json("n", keys)?,
+    );
+    // Statements of many rows or wide keys: chunks by running size.
+    let chunked = |keys_sql: &str| {
+        format!(
             r#"FOR payload IN
-            SELECT '{{"op":"{op}","keys":[' || string_agg(key, ',') || ']}}'
-            FROM (SELECT key, {chunk} AS chunk
-                  FROM (SELECT {json} AS key FROM {table} r) keys) chunked
-            GROUP BY chunk
-        LOOP
-            PERFORM pg_notify({channel}, payload);
-        END LOOP;"#,
-            chunk = chunk("key"),
-            json = key_json("r", keys)?,
+                SELECT '{{"op":"' || c.op || '","keys":[' || string_agg(c.key, ',') || ']}}'
+                FROM (SELECT op, key, {chunk} AS chunk FROM ({keys_sql}) k) c
+                GROUP BY c.op, c.chunk
+            LOOP
+                PERFORM pg_notify({channel}, payload);
+            END LOOP;"#
+        )
+    };
+    // INSERT and DELETE: up to FEW rows whose keys fit go out in one
+    // notification without the chunking query.
+    let single = |op: &str, table: &str| -> OrmResult<String> {
+        let keys_sql = format!(
+            "SELECT '{op}'::text AS op, {json} AS key FROM {table} r",
+            json = key_json("r", keys)?
+        );
+        Ok(format!(
+            r#"SELECT count(*), string_agg(k.key, ',') INTO counted, payload
+            FROM ({keys_sql} LIMIT {few_plus_one}) k;
+        IF counted = 0 THEN
+            RETURN NULL;
+        ELSIF counted <= {few} AND octet_length(payload) <= {fits} THEN
+            PERFORM pg_notify({channel}, '{{"op":"{op}","keys":[' || payload || ']}}');
+        ELSE
+            {chunked}
+        END IF;"#,
+            few_plus_one = FEW + 1,
+            few = FEW,
+            fits = 2 * KEY_BYTES_PER_NOTIFICATION,
+            chunked = chunked(&keys_sql),
         ))
     };
     Ok(format!(
@@ -91,34 +118,49 @@ fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<Strin
 LANGUAGE plpgsql AS $pgorm$
 DECLARE
     payload text;
+    change_op text;
+    counted bigint;
+    fits boolean := true;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         {insert}
     ELSIF TG_OP = 'DELETE' THEN
         {delete}
     ELSE
-        FOR payload IN
-            SELECT '{{"op":"' || op || '","keys":[' || string_agg(key, ',') || ']}}'
-            FROM (SELECT op, key, {chunk} AS chunk
-                  FROM (SELECT CASE WHEN o.{first} IS NULL THEN 'I'
-                                    WHEN n.{first} IS NULL THEN 'D' ELSE 'U' END AS op,
-                               CASE WHEN n.{first} IS NULL THEN {old_json} ELSE {new_json} END AS key
-                        FROM pgorm_new n FULL JOIN pgorm_old o ON {join}) changed) chunked
-            GROUP BY op, chunk
-        LOOP
-            PERFORM pg_notify({channel}, payload);
-        END LOOP;
+        SELECT count(*) INTO counted FROM (SELECT 1 FROM pgorm_new LIMIT {few_plus_one}) k;
+        IF counted = 0 THEN
+            RETURN NULL;
+        ELSIF counted <= {few} THEN
+            FOR change_op, payload IN
+                SELECT c.op, string_agg(c.key, ',') FROM ({changed}) c GROUP BY c.op
+            LOOP
+                IF octet_length(payload) <= {fits} THEN
+                    PERFORM pg_notify({channel}, '{{"op":"' || change_op || '","keys":[' || payload || ']}}');
+                ELSE
+                    fits := false;
+                END IF;
+            END LOOP;
+        END IF;
+        IF counted > {few} OR NOT fits THEN
+            -- Repeats of what was sent above are merged by the server.
+            {chunked_update}
+        END IF;
     END IF;
     RETURN NULL;
 END
 $pgorm$"#,
         insert = single("I", "pgorm_new")?,
         delete = single("D", "pgorm_old")?,
-        chunk = chunk("key"),
-        old_json = key_json("o", keys)?,
-        new_json = key_json("n", keys)?,
+        few_plus_one = FEW + 1,
+        few = FEW,
+        fits = 2 * KEY_BYTES_PER_NOTIFICATION,
+        chunked_update = chunked(&changed),
     ))
 }
+
+/// Statements of at most this many rows skip the chunking query when their
+/// keys fit one notification.
+const FEW: usize = 100;
 
 /// The name of the table's trigger function (in the table's schema):
 /// `pgorm_changes_` and a hash of the table's name.
