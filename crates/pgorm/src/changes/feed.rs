@@ -207,31 +207,38 @@ impl KeyOps {
 
 fn collect_keys(batch: &NotificationBatch) -> Option<KeyOps> {
     let mut order: Vec<(String, u8)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for notification in batch.iter() {
-        // `{"op":"I|U|D","keys":[{...},...]}`
-        let payload: serde_json::Value = serde_json::from_str(&notification.payload).ok()?;
-        let op = match payload.get("op")?.as_str()? {
-            "I" => b'I',
-            "U" => b'U',
-            "D" => b'D',
-            _ => return None,
-        };
-        for key in payload.get("keys")?.as_array()? {
-            if !key.is_object() {
+        let (op, keys) = parse_payload(&notification.payload)?;
+        for key in keys {
+            let text = key.get();
+            if !text.starts_with('{') {
                 return None;
             }
-            let text = key.to_string();
-            match index.get(&text) {
+            match index.get(text) {
                 Some(&at) => order[at].1 = op,
                 None => {
-                    index.insert(text.clone(), order.len());
-                    order.push((text, op));
+                    index.insert(text, order.len());
+                    order.push((text.to_owned(), op));
                 }
             }
         }
     }
     Some(KeyOps { order })
+}
+
+/// Reads `{"op":"I|U|D","keys":[...]}` as the trigger writes it: the
+/// operation and each key's JSON text as it is (no re-encoding).
+fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>)> {
+    let rest = payload.strip_prefix(r#"{"op":""#)?;
+    let op = match rest.as_bytes().first()? {
+        b'I' => b'I',
+        b'U' => b'U',
+        b'D' => b'D',
+        _ => return None,
+    };
+    let keys = rest[1..].strip_prefix(r#"","keys":"#)?.strip_suffix('}')?;
+    serde_json::from_str(keys).ok().map(|keys| (op, keys))
 }
 
 /// `ordinal, found, key columns…, model columns…` for a JSON array of keys:
@@ -255,4 +262,20 @@ fn fetch_sql<M: Model>() -> OrmResult<String> {
          CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.key) AS k \
          LEFT JOIN {table} t{join} ORDER BY e.ordinal"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_payload;
+
+    #[test]
+    fn payloads_of_the_trigger_are_read_and_others_refused() {
+        let (op, keys) = parse_payload(r#"{"op":"U","keys":[{"id":1},{"id":"a,}]"}]}"#).unwrap();
+        assert_eq!(op, b'U');
+        let keys: Vec<&str> = keys.iter().map(|k| k.get()).collect();
+        assert_eq!(keys, [r#"{"id":1}"#, r#"{"id":"a,}]"}"#]);
+        assert!(parse_payload(r#"{"op":"X","keys":[]}"#).is_none());
+        assert!(parse_payload("hello").is_none());
+        assert!(parse_payload(r#"{"op":"I","keys":[{"id":1}"#).is_none());
+    }
 }
