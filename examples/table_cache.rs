@@ -92,7 +92,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     client
-        .execute("UPDATE cached_products SET price_cents = price_cents + 10", &[])
+        .execute(
+            "UPDATE cached_products SET price_cents = price_cents + 10",
+            &[],
+        )
         .await?;
     client.delete(&coffee).await?;
     client

@@ -127,7 +127,11 @@ async fn installing_twice_changes_nothing_and_uninstall_leaves_no_trigger() {
 
     assert!(changes::uninstall::<Item>(&setup.client).await.unwrap());
     assert!(triggers(setup.client.clone()).await.is_empty());
-    assert_eq!(functions(setup.client.clone()).await, 0, "the function is gone too");
+    assert_eq!(
+        functions(setup.client.clone()).await,
+        0,
+        "the function is gone too"
+    );
     assert!(!changes::uninstall::<Item>(&setup.client).await.unwrap());
 
     // An older version is replaced by install.
@@ -221,7 +225,11 @@ async fn bulk_statements_of_ten_thousand_rows_deliver_exactly_their_changes() {
     }
     assert_eq!(ids.len(), count as usize);
 
-    setup.client.execute("DELETE FROM items", &[]).await.unwrap();
+    setup
+        .client
+        .execute("DELETE FROM items", &[])
+        .await
+        .unwrap();
     let deleted = collect_until(&mut feed, |seen| seen.len() >= count as usize).await;
     let ids: BTreeSet<i64> = deleted
         .iter()
@@ -322,7 +330,11 @@ async fn a_row_updated_then_deleted_before_the_fetch_comes_out_deleted_and_in_or
         assert_eq!(last[&id], None, "row {id} ends deleted");
     }
     for id in 11..=50 {
-        assert_eq!(last[&id], Some("v5".into()), "row {id} ends at its last value");
+        assert_eq!(
+            last[&id],
+            Some("v5".into()),
+            "row {id} ends at its last value"
+        );
     }
     // Nothing was fetched before the deletes committed: no stale update of
     // a deleted row ever comes out.
@@ -353,14 +365,10 @@ async fn a_backend_kill_yields_resync_then_changes_continue() {
 #[tokio::test]
 async fn a_queue_overflow_yields_resync() {
     let setup = setup().await;
-    let mut feed = Feed::subscribe_with(
-        &setup.hub,
-        setup.client.clone(),
-        1,
-        QueuePolicy::DropOldest,
-    )
-    .await
-    .unwrap();
+    let mut feed =
+        Feed::subscribe_with(&setup.hub, setup.client.clone(), 1, QueuePolicy::DropOldest)
+            .await
+            .unwrap();
     for id in 1..=20_i64 {
         setup
             .client

@@ -142,10 +142,7 @@ async fn json_that_does_not_fit_is_a_decode_error() {
         matches!(&error, OrmError::ColumnDecode { column, sql_type, .. } if column == "settings" && sql_type == "jsonb"),
         "{error:?}"
     );
-    let null_json = SHAPES_SQL.replace(
-        r#"'{"theme":"dark","size":3}'::jsonb"#,
-        "NULL::jsonb",
-    );
+    let null_json = SHAPES_SQL.replace(r#"'{"theme":"dark","size":3}'::jsonb"#, "NULL::jsonb");
     let error = client
         .query_one_as::<Shapes>(&null_json, &[])
         .await
@@ -209,7 +206,10 @@ async fn crud_round_trip_with_a_generated_key_and_awkward_names() {
 
     let stored = client.insert(&item("tea")).await.unwrap();
     assert!(stored.id > 0);
-    assert_eq!(stored.created, "now", "the database filled the generated column");
+    assert_eq!(
+        stored.created, "now",
+        "the database filled the generated column"
+    );
     let second = client.insert(&item("coffee")).await.unwrap();
     assert_ne!(second.id, stored.id);
 
@@ -276,7 +276,11 @@ async fn composite_keys_find_many_in_one_query_and_update_and_delete_by_both_col
             .await
             .unwrap();
     }
-    let keys = [("a".to_owned(), 2), ("b".to_owned(), 1), ("c".to_owned(), 1)];
+    let keys = [
+        ("a".to_owned(), 2),
+        ("b".to_owned(), 1),
+        ("c".to_owned(), 1),
+    ];
     let mut found: Vec<Seat> = client.find_many(&keys).await.unwrap();
     found.sort_by(|x, y| (&x.hall, x.number).cmp(&(&y.hall, y.number)));
     let found_keys: Vec<(String, i32)> = found.iter().map(Model::key).collect();
@@ -289,7 +293,10 @@ async fn composite_keys_find_many_in_one_query_and_update_and_delete_by_both_col
     };
     assert_eq!(client.update(&seat).await.unwrap(), seat);
     let other: Seat = client.find(&("a".to_owned(), 1)).await.unwrap().unwrap();
-    assert_eq!(other.holder, None, "only the row with both key columns changed");
+    assert_eq!(
+        other.holder, None,
+        "only the row with both key columns changed"
+    );
     assert!(client
         .delete_by_key::<Seat>(&("b".to_owned(), 1))
         .await

@@ -177,10 +177,7 @@ async fn write_once(client: &PgClient, table: &str, bulk: bool) -> Duration {
     if bulk {
         let sql = format!("INSERT INTO {table} SELECT n, n FROM generate_series(1, $1::int8) n");
         let started = Instant::now();
-        connection
-            .execute(&sql, &[&ROWS])
-            .await
-            .expect("insert");
+        connection.execute(&sql, &[&ROWS]).await.expect("insert");
         started.elapsed()
     } else {
         let statement = connection
@@ -201,7 +198,9 @@ async fn write_once(client: &PgClient, table: &str, bulk: bool) -> Duration {
 async fn writer(client: &PgClient, bulk: bool) -> Results {
     let (mut plain, mut fed, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ALTERNATIONS {
-        let p = write_once(client, PlainRow::TABLE, bulk).await.as_secs_f64();
+        let p = write_once(client, PlainRow::TABLE, bulk)
+            .await
+            .as_secs_f64();
         let f = write_once(client, Row::TABLE, bulk).await.as_secs_f64();
         plain.push(p * 1e3);
         fed.push(f * 1e3);

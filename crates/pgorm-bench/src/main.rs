@@ -110,8 +110,8 @@ fn parent(args: &[String]) {
             "events",
             "changes",
         ]
-            .map(String::from)
-            .to_vec();
+        .map(String::from)
+        .to_vec();
     }
     let (url, server) = pgorm_testkit::database_url_or_spawn().expect("a database");
     let exe = std::env::current_exe().expect("own path");

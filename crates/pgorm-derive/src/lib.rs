@@ -249,7 +249,9 @@ fn expand_model(input: &DeriveInput) -> syn::Result<Tokens> {
         let ident = key_idents[0];
         key_type = quote!(#ty);
         key_value = quote!(::core::clone::Clone::clone(&self.#ident));
-        key_params = quote!(::std::vec![key as &(dyn ::pgorm::ToSql + ::core::marker::Sync)]);
+        key_params = quote!(::std::vec![
+            key as &(dyn ::pgorm::ToSql + ::core::marker::Sync)
+        ]);
         key_arrays = quote! {
             ::std::vec![::std::boxed::Box::new(keys.to_vec())]
         };

@@ -56,15 +56,15 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "json")]
+pub mod changes;
 mod client;
 #[cfg_attr(not(feature = "listen"), allow(dead_code))]
 mod connect;
 mod error;
-#[cfg(feature = "json")]
-pub mod changes;
-pub mod model;
 #[cfg(feature = "listen")]
 pub mod listen;
+pub mod model;
 mod pg_client;
 mod pool;
 pub mod prelude;

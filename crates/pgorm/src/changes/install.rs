@@ -44,7 +44,10 @@ fn key_json(alias: &str, keys: &[&str]) -> OrmResult<String> {
         let name = serde_json::to_string(column).expect("a string serialises");
         let open = if i == 0 { "{" } else { "," };
         parts.push(sql_literal(&format!("{open}{name}:")));
-        parts.push(format!("to_json({alias}.{})::text", quote_identifier(column)?));
+        parts.push(format!(
+            "to_json({alias}.{})::text",
+            quote_identifier(column)?
+        ));
     }
     parts.push("'}'".to_owned());
     Ok(parts.join(" || "))
@@ -302,8 +305,11 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     )
     .await?;
     for (name, operation, referencing) in TRIGGERS {
-        tx.execute(&format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table), &[])
-            .await?;
+        tx.execute(
+            &format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table),
+            &[],
+        )
+        .await?;
         tx.execute(
             &format!(
                 "CREATE TRIGGER {name} AFTER {operation} ON {} \
@@ -336,8 +342,11 @@ pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
         .await?
         .get(0);
     for name in names {
-        tx.execute(&format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table), &[])
-            .await?;
+        tx.execute(
+            &format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table),
+            &[],
+        )
+        .await?;
     }
     tx.execute(&format!("DROP FUNCTION IF EXISTS {}()", feed.function), &[])
         .await?;
@@ -357,7 +366,10 @@ mod tests {
 
     #[test]
     fn short_names_make_a_readable_channel() {
-        assert_eq!(channel_name("public", "users"), "pgorm_changes:public.users");
+        assert_eq!(
+            channel_name("public", "users"),
+            "pgorm_changes:public.users"
+        );
     }
 
     #[test]

@@ -109,9 +109,8 @@ where
 {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Change::Inserted(a), Change::Inserted(b)) | (Change::Updated(a), Change::Updated(b)) => {
-                a == b
-            }
+            (Change::Inserted(a), Change::Inserted(b))
+            | (Change::Updated(a), Change::Updated(b)) => a == b,
             (Change::Deleted(a), Change::Deleted(b)) => a == b,
             (Change::Resync, Change::Resync) => true,
             _ => false,

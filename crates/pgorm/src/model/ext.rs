@@ -69,7 +69,10 @@ pub trait ModelExt: GenericClient {
             let Some(sql) = sql::update::<M>()? else {
                 return Err(OrmError::from(ValidationError::Setting {
                     setting: "update",
-                    reason: format!("{} has no column besides its key and generated ones", M::TABLE),
+                    reason: format!(
+                        "{} has no column besides its key and generated ones",
+                        M::TABLE
+                    ),
                 }));
             };
             let values = model.update_params();

@@ -5,8 +5,8 @@
 //! a pooled connection, a transaction — find, insert, update, delete and
 //! typed queries.
 //!
-//! Reading never panics: a missing column is [`OrmError::ColumnNotFound`], a
-//! value that does not fit is [`OrmError::ColumnDecode`] (naming the column,
+//! Reading never panics: a missing column is [`OrmError::ColumnNotFound`](crate::OrmError::ColumnNotFound), a
+//! value that does not fit is [`OrmError::ColumnDecode`](crate::OrmError::ColumnDecode) (naming the column,
 //! its SQL type and the Rust type). Every statement is parameterised and
 //! every identifier quoted, so a table called `Order Items` or a column
 //! called `select` work as they are.
