@@ -1,7 +1,7 @@
 //! pgorm's LISTEN/NOTIFY benchmark.
 //!
 //! `cargo run --release --manifest-path crates/pgorm-bench/Cargo.toml -- [--rounds N] [WORKLOAD…]`
-//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`)
+//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `changes`)
 //!
 //! `… -- callgrind [--small N] [--large N]` (or `scripts/callgrind`) prints
 //! instructions per notification of each throughput peer under
@@ -21,6 +21,7 @@
 //! printed line) when there is none or the server does not accept TLS.
 
 mod callgrind;
+mod changes;
 mod events;
 mod measure;
 mod peers;
@@ -91,6 +92,7 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
         ],
         "reconnect" => vec![LISTENER, "pgorm PgNotifyHub x1", SQLX],
         "events" => events::RUNS.to_vec(),
+        "changes" => changes::RUNS.to_vec(),
         other => panic!("unknown workload {other}"),
     }
 }
@@ -111,9 +113,16 @@ fn parent(args: &[String]) {
         }
     }
     if workloads.is_empty() {
-        workloads = ["throughput", "latency", "burst", "reconnect", "events"]
-            .map(String::from)
-            .to_vec();
+        workloads = [
+            "throughput",
+            "latency",
+            "burst",
+            "reconnect",
+            "events",
+            "changes",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     let (url, server) = pgorm_testkit::database_url_or_spawn().expect("a database");
     let exe = std::env::current_exe().expect("own path");
@@ -282,6 +291,7 @@ fn metrics_of(workload: &str) -> Vec<(&'static str, &'static str, bool)> {
             ("connect_ms", "one plain connect, ms", false),
         ],
         "events" => events::METRICS.to_vec(),
+        "changes" => changes::METRICS.to_vec(),
         _ => Vec::new(),
     }
 }
@@ -365,6 +375,7 @@ fn child(workload: &str, run: &str, url: &str) -> Results {
             "burst" => burst(run, url).await,
             "reconnect" => reconnect(run, url).await,
             "events" => events::run(run, url).await,
+            "changes" => changes::run(run, url).await,
             other => panic!("unknown workload {other}"),
         }
     })

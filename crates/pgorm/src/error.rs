@@ -131,6 +131,32 @@ pub enum OrmError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A row has no column of the name a [`FromRow`](crate::model::FromRow)
+    /// type reads.
+    #[error("column {column:?} is not in the row (wanted as {rust_type})")]
+    ColumnNotFound {
+        /// The column's name.
+        column: String,
+        /// The Rust type it was to be read as.
+        rust_type: &'static str,
+    },
+
+    /// A column's value could not be read as the Rust type asked for: the
+    /// types do not match, the value is NULL and the type is not an
+    /// `Option`, or a JSON column does not fit the type.
+    #[error("column {column:?} of SQL type {sql_type} could not be read as {rust_type}: {source}")]
+    ColumnDecode {
+        /// The column's name.
+        column: String,
+        /// The column's SQL type, as the server names it (`int4`, `jsonb`…).
+        sql_type: String,
+        /// The Rust type it was to be read as.
+        rust_type: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The handle was closed (by `close()`, or because the task behind it
     /// stopped); nothing more will come from it.
     #[error("closed: {reason}")]
@@ -174,6 +200,14 @@ pub enum ValidationError {
     /// A payload contained a NUL byte, which a text payload cannot carry.
     #[error("payload contains a NUL byte")]
     NulInPayload,
+    /// A table, schema or column name cannot be an SQL identifier.
+    #[error("invalid identifier {name:?}: {reason}")]
+    Identifier {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A configuration value was out of range.
     #[error("invalid setting {setting}: {reason}")]
     Setting {

@@ -40,6 +40,7 @@
 //! | [`GenericClient`], [`StreamingClient`] | the query traits, implemented for pgorm's and tokio-postgres' clients and transactions and for pooled connections |
 //! | [`create_pool`], [`PoolConfig`] | deadpool-postgres pools with validated settings |
 //! | [`OrmError`], [`OrmResult`] | one error type with a variant per failure a caller can act on |
+//! | [`model`] | rows as Rust types: `FromRow`, `Model`, and find/insert/update/delete/`query_as` on every client |
 //! | [`prelude`] | `use pgorm::prelude::*;` |
 //!
 //! # Features
@@ -47,19 +48,23 @@
 //! | feature | adds |
 //! |---|---|
 //! | `listen` | [`listen`]: LISTEN/NOTIFY — `PgListener` on a dedicated connection, `PgNotifyHub` fan-out, handlers, hooks, `notify` |
-//! | `json` | typed channels with JSON payloads (`listen::Channel`) |
+//! | `json` | typed channels with JSON payloads (`listen::Channel`), `json` model fields, and [`changes`]: typed change feeds of tables |
+//! | `derive` | `#[derive(FromRow, Model)]` for [`model`] |
 //! | `tracing` | connection events of listeners through `tracing` (never payloads) |
 //! | `rustls` | [`tls`]: TLS through rustls with the ring provider |
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "json")]
+pub mod changes;
 mod client;
 #[cfg_attr(not(feature = "listen"), allow(dead_code))]
 mod connect;
 mod error;
 #[cfg(feature = "listen")]
 pub mod listen;
+pub mod model;
 mod pg_client;
 mod pool;
 pub mod prelude;

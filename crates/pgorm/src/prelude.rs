@@ -4,6 +4,8 @@
 //! use: the listener, the hub and its subscriptions, handlers, hooks,
 //! publishing, and (with `json`) typed channels.
 
+#[cfg(feature = "json")]
+pub use crate::changes::{Change, ChangeFeed};
 pub use crate::client::{GenericClient, RowStream, StreamingClient};
 pub use crate::error::{OrmError, OrmResult, ValidationError};
 #[cfg(feature = "listen")]
@@ -15,6 +17,7 @@ pub use crate::listen::{
 };
 #[cfg(feature = "json")]
 pub use crate::listen::{Channel, TypedEvent, TypedSubscription};
+pub use crate::model::{FromRow, Model, ModelExt};
 pub use crate::pg_client::{PgClient, PgTransaction};
 pub use crate::pool::PoolConfig;
 pub use tokio_postgres::Row;

@@ -1,0 +1,281 @@
+//! [`ChangeFeed`]: a hub subscription turned into typed changes of a model.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::install::{channel_name, resolve_table};
+use super::Change;
+use crate::error::OrmResult;
+use crate::listen::{
+    ListenerEvent, NotificationBatch, PgNotifyHub, QueuePolicy, Subscription, SubscriptionStats,
+};
+use crate::model::{qualified_table, quote_identifier, Model};
+use crate::GenericClient;
+
+/// The typed changes of one table, read from a [`PgNotifyHub`]
+/// subscription to the channel its [`install`](super::install)ed triggers
+/// notify on.
+///
+/// Each batch of notifications the hub delivers becomes one query through
+/// `client` that reads the current rows of every key it names: a key whose
+/// row is there comes out as [`Change::Inserted`] or [`Change::Updated`]
+/// with that row, a key whose row is gone as [`Change::Deleted`]. Batches
+/// are handled in order, so the changes of one row never arrive out of
+/// order and the last one tells the row's state. A reconnect of the hub, a
+/// queue overflow, an unreadable payload or a batch that could not be
+/// fetched each yield [`Change::Resync`]: reload from the table.
+pub struct ChangeFeed<M: Model, C> {
+    subscription: Subscription,
+    client: C,
+    fetch_sql: String,
+    ready: VecDeque<Change<M>>,
+    resync_owed: bool,
+}
+
+impl<M: Model, C> std::fmt::Debug for ChangeFeed<M, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeFeed")
+            .field("table", &M::TABLE)
+            .field("channel", &self.subscription.channel())
+            .field("ready", &self.ready.len())
+            .field("resync_owed", &self.resync_owed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
+    /// Subscribes to `M`'s table through `hub` with the hub's default queue;
+    /// `client` (a [`PgClient`](crate::PgClient) or any
+    /// [`GenericClient`]) fetches the rows. Changes committed after this
+    /// returns are delivered.
+    ///
+    /// # Errors
+    /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
+    /// exist; the errors of [`PgNotifyHub::subscribe`].
+    pub async fn subscribe(hub: &PgNotifyHub, client: C) -> OrmResult<Self> {
+        let (schema, table) = resolve_table::<M>(&client).await?;
+        let subscription = hub.subscribe(&channel_name(&schema, &table)).await?;
+        Self::with_subscription(subscription, client)
+    }
+
+    /// As [`subscribe`](Self::subscribe), with the subscription's own queue
+    /// capacity (in notifications) and policy.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe) and [`PgNotifyHub::subscribe_with`].
+    pub async fn subscribe_with(
+        hub: &PgNotifyHub,
+        client: C,
+        capacity: usize,
+        policy: QueuePolicy,
+    ) -> OrmResult<Self> {
+        let (schema, table) = resolve_table::<M>(&client).await?;
+        let subscription = hub
+            .subscribe_with(&channel_name(&schema, &table), capacity, policy)
+            .await?;
+        Self::with_subscription(subscription, client)
+    }
+
+    fn with_subscription(subscription: Subscription, client: C) -> OrmResult<Self> {
+        Ok(ChangeFeed {
+            subscription,
+            client,
+            fetch_sql: fetch_sql::<M>()?,
+            ready: VecDeque::new(),
+            resync_owed: false,
+        })
+    }
+
+    /// The channel the feed listens to.
+    pub fn channel(&self) -> &str {
+        self.subscription.channel()
+    }
+
+    /// The underlying subscription's counters (notifications, not rows).
+    pub fn stats(&self) -> SubscriptionStats {
+        self.subscription.stats()
+    }
+
+    /// The next change; `None` once the hub has stopped.
+    ///
+    /// # Errors
+    /// The error of the fetch (the next call then yields
+    /// [`Change::Resync`]) or of the hub.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in the sense that nothing is lost silently: cancelled
+    /// while fetching, the feed yields [`Change::Resync`] next.
+    pub async fn next(&mut self) -> Option<OrmResult<Change<M>>> {
+        loop {
+            if let Some(change) = self.ready.pop_front() {
+                return Some(Ok(change));
+            }
+            match self.next_batch().await? {
+                Ok(changes) => self.ready.extend(changes),
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+
+    /// The changes of the next batch of notifications (never empty), or one
+    /// [`Change::Resync`]; `None` once the hub has stopped. Cheaper than
+    /// [`next`](Self::next) per change.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next).
+    ///
+    /// # Cancel safety
+    /// As [`next`](Self::next).
+    pub async fn next_batch(&mut self) -> Option<OrmResult<Vec<Change<M>>>> {
+        if !self.ready.is_empty() {
+            return Some(Ok(self.ready.drain(..).collect()));
+        }
+        loop {
+            if self.resync_owed {
+                self.resync_owed = false;
+                return Some(Ok(vec![Change::Resync]));
+            }
+            let batch = match self.subscription.next_batch().await? {
+                Ok(ListenerEvent::Notification(batch)) => batch,
+                Ok(ListenerEvent::Reconnected { .. } | ListenerEvent::Lagged { .. }) => {
+                    return Some(Ok(vec![Change::Resync]));
+                }
+                Err(error) => return Some(Err(error)),
+            };
+            let Some(keys) = collect_keys(&batch) else {
+                // A payload that is not the trigger's: which rows changed
+                // is unknown.
+                return Some(Ok(vec![Change::Resync]));
+            };
+            if keys.is_empty() {
+                continue;
+            }
+            // Owed until the fetch has succeeded: an error or a cancel
+            // here loses the batch, and the consumer must hear of it.
+            self.resync_owed = true;
+            let changes = self.fetch(&keys).await;
+            if changes.is_ok() {
+                self.resync_owed = false;
+            }
+            return Some(changes);
+        }
+    }
+
+    /// One query for every key of the batch.
+    async fn fetch(&self, keys: &KeyOps) -> OrmResult<Vec<Change<M>>> {
+        let mut json = String::with_capacity(keys.order.len() * 16 + 2);
+        json.push('[');
+        for (i, (key, _)) in keys.order.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(key);
+        }
+        json.push(']');
+        let rows = self.client.query(&self.fetch_sql, &[&json]).await?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let ordinal: i64 = crate::model::decode_at(row, 0)?;
+            let found: bool = crate::model::decode_at(row, 1)?;
+            let op = usize::try_from(ordinal - 1)
+                .ok()
+                .and_then(|index| keys.order.get(index))
+                .map_or(b'U', |(_, op)| *op);
+            changes.push(if !found {
+                Change::Deleted(M::key_from_row(row, 2)?)
+            } else if op == b'U' {
+                Change::Updated(M::from_row(row)?)
+            } else {
+                // Inserted last, or deleted and inserted again since.
+                Change::Inserted(M::from_row(row)?)
+            });
+        }
+        Ok(changes)
+    }
+}
+
+/// The distinct keys of a batch (as the trigger's JSON text), in order of
+/// first appearance, each with the last operation seen for it.
+struct KeyOps {
+    order: Vec<(String, u8)>,
+}
+
+impl KeyOps {
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+fn collect_keys(batch: &NotificationBatch) -> Option<KeyOps> {
+    let mut order: Vec<(String, u8)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for notification in batch.iter() {
+        let (op, keys) = parse_payload(&notification.payload)?;
+        for key in keys {
+            let text = key.get();
+            if !text.starts_with('{') {
+                return None;
+            }
+            match index.get(text) {
+                Some(&at) => order[at].1 = op,
+                None => {
+                    index.insert(text, order.len());
+                    order.push((text.to_owned(), op));
+                }
+            }
+        }
+    }
+    Some(KeyOps { order })
+}
+
+/// Reads `{"op":"I|U|D","keys":[...]}` as the trigger writes it: the
+/// operation and each key's JSON text as it is (no re-encoding).
+fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>)> {
+    let rest = payload.strip_prefix(r#"{"op":""#)?;
+    let op = match rest.as_bytes().first()? {
+        b'I' => b'I',
+        b'U' => b'U',
+        b'D' => b'D',
+        _ => return None,
+    };
+    let keys = rest[1..].strip_prefix(r#"","keys":"#)?.strip_suffix('}')?;
+    serde_json::from_str(keys).ok().map(|keys| (op, keys))
+}
+
+/// `ordinal, found, key columns…, model columns…` for a JSON array of keys:
+/// each key becomes a row of the table's type, joined to the table.
+fn fetch_sql<M: Model>() -> OrmResult<String> {
+    let table = qualified_table::<M>()?;
+    let mut select = String::from("SELECT e.ordinal, t.ctid IS NOT NULL");
+    let mut join = String::new();
+    for (i, column) in M::KEY_COLUMNS.iter().enumerate() {
+        let column = quote_identifier(column)?;
+        select.push_str(&format!(", k.{column} AS \"pgorm key {i}\""));
+        join.push_str(if i == 0 { " ON " } else { " AND " });
+        join.push_str(&format!("t.{column} = k.{column}"));
+    }
+    for column in M::COLUMNS {
+        let column = quote_identifier(column)?;
+        select.push_str(&format!(", t.{column}"));
+    }
+    Ok(format!(
+        "{select} FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e(key, ordinal) \
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.key) AS k \
+         LEFT JOIN {table} t{join} ORDER BY e.ordinal"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_payload;
+
+    #[test]
+    fn payloads_of_the_trigger_are_read_and_others_refused() {
+        let (op, keys) = parse_payload(r#"{"op":"U","keys":[{"id":1},{"id":"a,}]"}]}"#).unwrap();
+        assert_eq!(op, b'U');
+        let keys: Vec<&str> = keys.iter().map(|k| k.get()).collect();
+        assert_eq!(keys, [r#"{"id":1}"#, r#"{"id":"a,}]"}"#]);
+        assert!(parse_payload(r#"{"op":"X","keys":[]}"#).is_none());
+        assert!(parse_payload("hello").is_none());
+        assert!(parse_payload(r#"{"op":"I","keys":[{"id":1}"#).is_none());
+    }
+}

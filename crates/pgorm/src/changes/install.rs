@@ -1,0 +1,388 @@
+//! Installing and removing a table's change-feed triggers, and the channel
+//! they notify on.
+
+use crate::error::OrmResult;
+use crate::model::{qualified_table, quote_identifier, Model};
+use crate::pg_client::PgClient;
+use crate::GenericClient;
+
+/// The version of the trigger functions this pgorm installs, kept at the
+/// start of each function's comment. A different comment makes [`install`]
+/// replace the function and its triggers.
+pub const FEED_VERSION: &str = "pgorm change feed 3";
+
+/// The three statement-level triggers, by operation.
+const TRIGGERS: [(&str, &str, &str); 3] = [
+    ("pgorm_changes_insert", "INSERT", "NEW TABLE AS pgorm_new"),
+    (
+        "pgorm_changes_update",
+        "UPDATE",
+        "OLD TABLE AS pgorm_old NEW TABLE AS pgorm_new",
+    ),
+    ("pgorm_changes_delete", "DELETE", "OLD TABLE AS pgorm_old"),
+];
+
+/// How many bytes of keys (as JSON, with separators) one notification
+/// carries at most before its last key; with keys of at most this size the
+/// payload stays under 8000 bytes.
+pub const KEY_BYTES_PER_NOTIFICATION: usize = 3900;
+
+/// `s` as an SQL string literal, whatever `standard_conforming_strings` is.
+fn sql_literal(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+/// The SQL expression that renders the key of row alias `alias` as a JSON
+/// object text, e.g. `'{"id":' || to_json(n."id")::text || '}'`.
+fn key_json(alias: &str, keys: &[&str]) -> OrmResult<String> {
+    let mut parts = Vec::new();
+    for (i, column) in keys.iter().enumerate() {
+        let name = serde_json::to_string(column).expect("a string serialises");
+        let open = if i == 0 { "{" } else { "," };
+        parts.push(sql_literal(&format!("{open}{name}:")));
+        parts.push(format!(
+            "to_json({alias}.{})::text",
+            quote_identifier(column)?
+        ));
+    }
+    parts.push("'}'".to_owned());
+    Ok(parts.join(" || "))
+}
+
+/// The table's own trigger function, with its channel and key columns
+/// written into static SQL (so PL/pgSQL plans each query once per session).
+/// It reads the transition tables once per statement and sends
+/// `{"op":"I|U|D","keys":[{...},...]}` chunks, cut where the running size
+/// of the keys passes a multiple of [`KEY_BYTES_PER_NOTIFICATION`]. An
+/// UPDATE that changes a key sends the old key as `D` and the new one as
+/// `I`.
+fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<String> {
+    let channel = sql_literal(channel);
+    let chunk = format!(
+        "(sum(octet_length(key) + 1) OVER (ROWS UNBOUNDED PRECEDING) \
+         - octet_length(key) - 1) / {KEY_BYTES_PER_NOTIFICATION}"
+    );
+    let mut join = String::new();
+    for (i, column) in keys.iter().enumerate() {
+        let column = quote_identifier(column)?;
+        join.push_str(if i == 0 { "" } else { " AND " });
+        join.push_str(&format!("n.{column} = o.{column}"));
+    }
+    let first = quote_identifier(keys[0])?;
+    // The keys of an UPDATE, with their operation.
+    let changed = format!(
+        "SELECT CASE WHEN o.{first} IS NULL THEN 'I' WHEN n.{first} IS NULL THEN 'D' ELSE 'U' END AS op, \
+                CASE WHEN n.{first} IS NULL THEN {old} ELSE {new} END AS key \
+         FROM pgorm_new n FULL JOIN pgorm_old o ON {join}",
+        old = key_json("o", keys)?,
+        new = key_json("n", keys)?,
+    );
+    // Statements of many rows or wide keys: chunks by running size.
+    let chunked = |keys_sql: &str| {
+        format!(
+            r#"FOR payload IN
+                SELECT '{{"op":"' || c.op || '","keys":[' || string_agg(c.key, ',') || ']}}'
+                FROM (SELECT op, key, {chunk} AS chunk FROM ({keys_sql}) k) c
+                GROUP BY c.op, c.chunk
+            LOOP
+                PERFORM pg_notify({channel}, payload);
+            END LOOP;"#
+        )
+    };
+    // INSERT and DELETE: up to FEW rows whose keys fit go out in one
+    // notification without the chunking query.
+    let single = |op: &str, table: &str| -> OrmResult<String> {
+        let keys_sql = format!(
+            "SELECT '{op}'::text AS op, {json} AS key FROM {table} r",
+            json = key_json("r", keys)?
+        );
+        Ok(format!(
+            r#"SELECT count(*), string_agg(k.key, ',') INTO counted, payload
+            FROM ({keys_sql} LIMIT {few_plus_one}) k;
+        IF counted = 0 THEN
+            RETURN NULL;
+        ELSIF counted <= {few} AND octet_length(payload) <= {fits} THEN
+            PERFORM pg_notify({channel}, '{{"op":"{op}","keys":[' || payload || ']}}');
+        ELSE
+            {chunked}
+        END IF;"#,
+            few_plus_one = FEW + 1,
+            few = FEW,
+            fits = 2 * KEY_BYTES_PER_NOTIFICATION,
+            chunked = chunked(&keys_sql),
+        ))
+    };
+    Ok(format!(
+        r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+LANGUAGE plpgsql AS $pgorm$
+DECLARE
+    payload text;
+    change_op text;
+    counted bigint;
+    fits boolean := true;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        {insert}
+    ELSIF TG_OP = 'DELETE' THEN
+        {delete}
+    ELSE
+        SELECT count(*) INTO counted FROM (SELECT 1 FROM pgorm_new LIMIT {few_plus_one}) k;
+        IF counted = 0 THEN
+            RETURN NULL;
+        ELSIF counted <= {few} THEN
+            FOR change_op, payload IN
+                SELECT c.op, string_agg(c.key, ',') FROM ({changed}) c GROUP BY c.op
+            LOOP
+                IF octet_length(payload) <= {fits} THEN
+                    PERFORM pg_notify({channel}, '{{"op":"' || change_op || '","keys":[' || payload || ']}}');
+                ELSE
+                    fits := false;
+                END IF;
+            END LOOP;
+        END IF;
+        IF counted > {few} OR NOT fits THEN
+            -- Repeats of what was sent above are merged by the server.
+            {chunked_update}
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$pgorm$"#,
+        insert = single("I", "pgorm_new")?,
+        delete = single("D", "pgorm_old")?,
+        few_plus_one = FEW + 1,
+        few = FEW,
+        fits = 2 * KEY_BYTES_PER_NOTIFICATION,
+        chunked_update = chunked(&changed),
+    ))
+}
+
+/// Statements of at most this many rows skip the chunking query when their
+/// keys fit one notification.
+const FEW: usize = 100;
+
+/// The name of the table's trigger function (in the table's schema):
+/// `pgorm_changes_` and a hash of the table's name.
+fn function_name(table: &str) -> String {
+    format!("pgorm_changes_{:016x}", fnv1a(table.as_bytes()))
+}
+
+/// What the function's comment says: the version, the channel, the keys.
+fn function_comment(channel: &str, keys: &[&str]) -> String {
+    format!("{FEED_VERSION}; channel {channel:?}; keys {keys:?}")
+}
+
+/// The channel a table's feed notifies on: `pgorm_changes:schema.table`,
+/// or, when that is longer than PostgreSQL's 63-byte limit, its first bytes
+/// followed by `#` and a 16-digit hash of the whole name, so two long names
+/// never share a channel by truncation.
+pub fn channel_name(schema: &str, table: &str) -> String {
+    let full = format!("pgorm_changes:{schema}.{table}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let suffix = format!("#{:016x}", fnv1a(full.as_bytes()));
+    let mut cut = 63 - suffix.len();
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &full[..cut])
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions and platforms.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The schema and name of the model's table as the server resolves them.
+///
+/// # Errors
+/// [`OrmError::Query`] when the table does not exist.
+pub(crate) async fn resolve_table<M: Model>(
+    client: &impl GenericClient,
+) -> OrmResult<(String, String)> {
+    let table = qualified_table::<M>()?;
+    let row = client
+        .query_one(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::text::regclass",
+            &[&table],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The table, its schema-qualified function, the function's comment and
+/// its SQL.
+struct Feed {
+    table: String,
+    function: String,
+    comment: String,
+}
+
+async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
+    let (schema, table_name) = resolve_table::<M>(client).await?;
+    let schema_quoted = quote_identifier(&schema)?;
+    let channel = channel_name(&schema, &table_name);
+    Ok(Feed {
+        table: format!("{schema_quoted}.{}", quote_identifier(&table_name)?),
+        function: format!(
+            "{schema_quoted}.{}",
+            quote_identifier(&function_name(&table_name))?
+        ),
+        comment: function_comment(&channel, M::KEY_COLUMNS),
+    })
+}
+
+/// Whether the function with this exact comment and all three triggers
+/// calling it are on the table already.
+async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
+    let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger t \
+             WHERE t.tgrelid = $1::text::regclass AND t.tgname = ANY($2) \
+               AND to_regprocedure($3 || '()') IS NOT NULL \
+               AND t.tgfoid = to_regprocedure($3 || '()') \
+               AND obj_description(t.tgfoid, 'pg_proc') = $4",
+            &[&feed.table, &names, &feed.function, &feed.comment],
+        )
+        .await?;
+    let count: i64 = row.get(0);
+    Ok(count == TRIGGERS.len() as i64)
+}
+
+/// Installs the change feed of `M`'s table: a trigger function of its own
+/// (in the table's schema, versioned by [`FEED_VERSION`] in its comment)
+/// and three statement-level `AFTER INSERT/UPDATE/DELETE` triggers with
+/// transition tables, so a statement sends one notification per chunk of
+/// keys, not one per row. Runs in one transaction under an advisory lock.
+///
+/// Returns `false` when the current feed was installed already (nothing is
+/// changed), `true` when it installed or upgraded it.
+///
+/// The key columns must not be NULL (a primary key), and a key must be at
+/// most [`KEY_BYTES_PER_NOTIFICATION`] bytes as JSON; a larger one makes
+/// the writing statement fail (never a lost change).
+///
+/// # Errors
+/// [`OrmError::Query`](crate::OrmError::Query) when the table does not
+/// exist or the role may not create triggers on it;
+/// [`OrmError::Validation`](crate::OrmError::Validation) for names that
+/// cannot be identifiers.
+pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
+    let tx = client.transaction().await?;
+    let feed = feed_of::<M>(&tx).await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('pgorm change feed'), hashtext($1))",
+        &[&feed.table],
+    )
+    .await?;
+    if is_current(&tx, &feed).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    let (schema, table_name) = resolve_table::<M>(&tx).await?;
+    let channel = channel_name(&schema, &table_name);
+    tx.execute(
+        &function_sql(&feed.function, &channel, M::KEY_COLUMNS)?,
+        &[],
+    )
+    .await?;
+    tx.execute(
+        &format!(
+            "COMMENT ON FUNCTION {}() IS {}",
+            feed.function,
+            sql_literal(&feed.comment)
+        ),
+        &[],
+    )
+    .await?;
+    for (name, operation, referencing) in TRIGGERS {
+        tx.execute(
+            &format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table),
+            &[],
+        )
+        .await?;
+        tx.execute(
+            &format!(
+                "CREATE TRIGGER {name} AFTER {operation} ON {} \
+                 REFERENCING {referencing} FOR EACH STATEMENT \
+                 EXECUTE FUNCTION {}()",
+                feed.table, feed.function
+            ),
+            &[],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Removes the feed from `M`'s table: its three triggers and its function.
+/// Returns whether there was anything to remove.
+///
+/// # Errors
+/// As [`install`].
+pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
+    let tx = client.transaction().await?;
+    let feed = feed_of::<M>(&tx).await?;
+    let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
+    let present: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = ANY($2)",
+            &[&feed.table, &names],
+        )
+        .await?
+        .get(0);
+    for name in names {
+        tx.execute(
+            &format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table),
+            &[],
+        )
+        .await?;
+    }
+    tx.execute(&format!("DROP FUNCTION IF EXISTS {}()", feed.function), &[])
+        .await?;
+    tx.commit().await?;
+    Ok(present > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_double_quotes_and_escape_backslashes() {
+        assert_eq!(sql_literal("it's"), "'it''s'");
+        assert_eq!(sql_literal(r"a\'b"), r"E'a\\''b'");
+    }
+
+    #[test]
+    fn short_names_make_a_readable_channel() {
+        assert_eq!(
+            channel_name("public", "users"),
+            "pgorm_changes:public.users"
+        );
+    }
+
+    #[test]
+    fn long_names_are_cut_to_63_bytes_with_a_hash_that_tells_them_apart() {
+        let long = "t".repeat(63);
+        let a = channel_name("public", &long);
+        let b = channel_name("public", &format!("{}u", "t".repeat(62)));
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        assert_eq!(a, channel_name("public", &long));
+        let wide = "é".repeat(31);
+        let c = channel_name(&wide, &wide);
+        assert!(c.len() <= 63);
+        crate::listen::validate_channel(&c).unwrap();
+    }
+}
