@@ -83,7 +83,31 @@ $pgorm$;
 CREATE TRIGGER wake AFTER INSERT ON {s}.events
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.wake();
 "#,
+    // 2: debounced wake-ups at commit. NOTIFY holds a cluster-wide lock
+    // from pre-commit to the end of commit, which serialises notifying
+    // commits. The trigger now fires at commit (deferred) and only the
+    // transaction that gets the schema's advisory lock notifies; one that
+    // does not is committing alongside a notifier, and the workers' follow-up
+    // claim after each wake-up (or their poll) picks its events up.
+    r#"
+DROP TRIGGER wake ON {s}.events;
+CREATE OR REPLACE FUNCTION {s}.wake() RETURNS trigger LANGUAGE plpgsql AS $pgorm$
+BEGIN
+    IF pg_try_advisory_xact_lock({wake_lock_class}, hashtext({channel})) THEN
+        PERFORM pg_notify({channel}, '');
+    END IF;
+    RETURN NULL;
+END
+$pgorm$;
+CREATE CONSTRAINT TRIGGER wake AFTER INSERT ON {s}.events
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION {s}.wake();
+"#,
 ];
+
+/// The first key of the two-key advisory lock that debounces wake-ups (the
+/// second is the channel's hash), apart from single-key locks users take.
+const WAKE_LOCK_CLASS: i32 = 0x7067_6576; // "pgev"
 
 /// The newest schema version this release ships.
 pub(crate) const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -285,7 +309,8 @@ impl Statements {
             .map(|(number, sql)| {
                 let sql = sql
                     .replace("{s}", &self.schema)
-                    .replace("{channel}", &self.channel_literal);
+                    .replace("{channel}", &self.channel_literal)
+                    .replace("{wake_lock_class}", &WAKE_LOCK_CLASS.to_string());
                 (number, sql)
             })
             .collect()
@@ -310,7 +335,10 @@ mod tests {
         assert_eq!(migrations.len() as i32, LATEST_VERSION);
         assert!(migrations[0].1.contains("\"My Schema\".events"));
         assert!(migrations[0].1.contains("'pgorm_events.My Schema'"));
-        assert!(!migrations[0].1.contains("{s}"));
+        for (_, sql) in &migrations {
+            assert!(!sql.contains("{s}") && !sql.contains("{channel}"));
+            assert!(!sql.contains("{wake_lock_class}"));
+        }
         assert!(statements.migrations_after(LATEST_VERSION).is_empty());
     }
 }

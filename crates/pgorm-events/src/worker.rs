@@ -16,7 +16,7 @@
 //!    lease.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use crate::config::WorkerConfig;
 use crate::error::{describe, EventsError, EventsResult, HandlerError};
 use crate::event::ClaimedEvent;
 use crate::events::Events;
-use crate::hooks::{Outcome, OutcomeKind};
+use crate::hooks::{Claim, Outcome, OutcomeKind};
 use crate::router::{Handler, Router};
 use crate::stats::{TypeWorkerStats, WorkerStats};
 
@@ -114,6 +114,10 @@ struct Shared {
     router: Router,
     config: WorkerConfig,
     wake: Notify,
+    /// Set by a wake-up from the hub: the claim after it is followed by one
+    /// more shortly after, for events of transactions that committed
+    /// alongside the notifier and skipped their own NOTIFY (debounce).
+    notified: AtomicBool,
     slots: Arc<Semaphore>,
     in_flight: Mutex<HashMap<i64, InFlight>>,
     counters: Counters,
@@ -197,6 +201,7 @@ impl EventWorkers {
             slots: Arc::new(Semaphore::new(config.concurrency)),
             config,
             wake: Notify::new(),
+            notified: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
@@ -321,6 +326,9 @@ impl Drop for EventWorkers {
     }
 }
 
+/// How long after a wake-up's claim the follow-up claim runs.
+const FOLLOW_UP: Duration = Duration::from_millis(5);
+
 /// Claims while there is work and free slots; otherwise waits for a
 /// wake-up, a freed slot, the poll, or the next due time.
 async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
@@ -335,6 +343,7 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             .min(shared.config.max_batch);
         let mut next_due = None;
         if free > 0 {
+            let claim_started = Instant::now();
             match shared
                 .events
                 .claim(&Cached(&shared.client), free, shared.config.lease)
@@ -342,6 +351,7 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             {
                 Ok(claimed) => {
                     failures = 0;
+                    observe_claim(&shared, free, claimed.len(), claim_started.elapsed());
                     let full = claimed.len() == free;
                     for event in claimed {
                         start_event(&shared, event);
@@ -352,6 +362,9 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     match shared.events.next_due(&Cached(&shared.client)).await {
                         Ok(due) => next_due = due,
                         Err(error) => database_error(&shared, "next due", &error),
+                    }
+                    if shared.notified.swap(false, Ordering::Relaxed) {
+                        next_due = Some(next_due.map_or(FOLLOW_UP, |due| due.min(FOLLOW_UP)));
                     }
                 }
                 Err(error) => {
@@ -376,6 +389,29 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep(jittered(shared.config.poll_interval)) => {}
             _ = tokio::time::sleep(next_due.unwrap_or_default()), if next_due.is_some() => {}
+        }
+    }
+}
+
+/// Traces a claim and tells the hooks (contained: a panicking hook is
+/// logged, never spread).
+fn observe_claim(shared: &Shared, requested: usize, claimed: usize, duration: Duration) {
+    tracing::debug!(
+        schema = %shared.events.config().schema_name(),
+        requested,
+        claimed,
+        micros = duration.as_micros() as u64,
+        "pgorm-events claim"
+    );
+    if let Some(hooks) = &shared.config.hooks.0 {
+        let claim = Claim {
+            requested,
+            claimed,
+            duration,
+        };
+        let call = std::panic::AssertUnwindSafe(|| hooks.on_claim(&claim));
+        if std::panic::catch_unwind(call).is_err() {
+            tracing::error!("an EventHooks::on_claim call panicked");
         }
     }
 }
@@ -737,6 +773,7 @@ async fn listen_for_wakeups(shared: Arc<Shared>, mut subscription: Subscription)
         if matches!(item, Ok(ListenerEvent::Reconnected { .. })) {
             tracing::debug!("wake-up listener reconnected");
         }
+        shared.notified.store(true, Ordering::Relaxed);
         shared.wake.notify_one();
     }
     tracing::warn!("pgorm-events wake-up subscription ended; polling continues");
