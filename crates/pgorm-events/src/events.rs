@@ -270,6 +270,39 @@ impl Events {
         let rows = client
             .query(&self.sql.claim, &[&limit, &lease.as_secs_f64()])
             .await?;
+        self.decode_claimed(client, rows).await
+    }
+
+    /// As [`claim`](Self::claim) for due events after `cursor` in claim
+    /// order only (no rescue of expired leases).
+    pub(crate) async fn claim_from<C: GenericClient + ?Sized>(
+        &self,
+        client: &C,
+        limit: usize,
+        lease: Duration,
+        cursor: ClaimCursor,
+    ) -> EventsResult<Vec<ClaimedEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &self.sql.claim_from,
+                &[
+                    &limit,
+                    &lease.as_secs_f64(),
+                    &cursor.priority,
+                    &cursor.run_at,
+                    &cursor.id,
+                ],
+            )
+            .await?;
+        self.decode_claimed(client, rows).await
+    }
+
+    async fn decode_claimed<C: GenericClient + ?Sized>(
+        &self,
+        client: &C,
+        rows: Vec<pgorm::Row>,
+    ) -> EventsResult<Vec<ClaimedEvent>> {
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             match ClaimedEvent::from_row(row) {
@@ -443,6 +476,20 @@ impl Events {
         Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }
 
+    /// As `next_due` for pending events after `cursor`'s time only (no
+    /// lease expiry: sweeps rescue those).
+    pub(crate) async fn next_due_from<C: GenericClient + ?Sized>(
+        &self,
+        client: &C,
+        cursor: ClaimCursor,
+    ) -> EventsResult<Option<Duration>> {
+        let row = client
+            .query_one(&self.sql.next_due_from, &[&cursor.run_at])
+            .await?;
+        let seconds: Option<f64> = row.get(0);
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
     /// Queue depth by state and type, oldest due age and dead counts. Reads
     /// the whole queue table: meant for monitoring, not for every request.
     ///
@@ -580,4 +627,13 @@ impl Events {
             .await?
             .get(0))
     }
+}
+
+/// A key in claim order (priority, run_at, id): claims after it start there
+/// in the due index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ClaimCursor {
+    pub priority: i16,
+    pub run_at: SystemTime,
+    pub id: i64,
 }

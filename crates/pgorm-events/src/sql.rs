@@ -125,7 +125,9 @@ pub(crate) struct Statements {
     pub existing_key: String,
     pub publish_batch: String,
     pub claim: String,
+    pub claim_from: String,
     pub next_due: String,
+    pub next_due_from: String,
     pub complete_delete: String,
     pub complete_keep: String,
     pub complete_delete_in: String,
@@ -205,6 +207,27 @@ impl Statements {
                    attempts = e.attempts + 1 \
                  FROM picked WHERE e.id = picked.id \
                  RETURNING {EVENT_COLUMNS}"
+            ),
+            // The same claim of due events, starting in the due index just
+            // behind a pool's cursor: dead index entries before it (which a
+            // long-held snapshot keeps from being removed) are not walked.
+            claim_from: format!(
+                "WITH due AS (\
+                   SELECT id FROM {s}.events \
+                   WHERE lease_token IS NULL AND run_at <= now() \
+                   AND (priority, run_at, id) > ($3::int2, $4::timestamptz, $5::int8) \
+                   ORDER BY priority, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s}.events e SET \
+                   lease_token = nextval({sequence}), \
+                   lease_expires_at = clock_timestamp() + make_interval(secs => $2::float8), \
+                   attempts = e.attempts + 1 \
+                 FROM due WHERE e.id = due.id \
+                 RETURNING {EVENT_COLUMNS}"
+            ),
+            next_due_from: format!(
+                "SELECT EXTRACT(EPOCH FROM (\
+                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL AND run_at > $1 \
+                    ORDER BY run_at LIMIT 1) - clock_timestamp()))::float8"
             ),
             next_due: format!(
                 "SELECT EXTRACT(EPOCH FROM (least(\

@@ -27,6 +27,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::backoff::{jittered, retry_delay};
 use crate::cached::Cached;
+use crate::events::ClaimCursor;
 use crate::config::WorkerConfig;
 use crate::error::{describe, EventsError, EventsResult, HandlerError};
 use crate::event::ClaimedEvent;
@@ -326,6 +327,68 @@ impl Drop for EventWorkers {
     }
 }
 
+/// A sweep (a claim from the head of the due index, rescuing expired
+/// leases too) slower than this means the index holds many dead entries
+/// (a long-held snapshot elsewhere keeps them): claims then start at the
+/// cursor, with a sweep every [`SWEEP_EVERY`].
+const SLOW_SWEEP: Duration = Duration::from_millis(10);
+/// How often a pool whose sweeps are slow still sweeps: for events that
+/// committed late behind the cursor, more urgent priorities, and expired
+/// leases.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How far behind the last claimed event's due time the cursor stays, so
+/// that events of transactions that commit a little late are claimed by
+/// the next claim, not the next sweep.
+const CURSOR_MARGIN: Duration = Duration::from_millis(250);
+
+/// Where a pool's claims start. While sweeps are fast every claim is one
+/// (the exact, simple claim). Once one is slow, claims start just behind the
+/// last event claimed (the index entries before it are of events already
+/// taken), and a sweep runs every [`SWEEP_EVERY`], which also measures again
+/// whether sweeps are still slow.
+#[derive(Default)]
+struct ClaimPlan {
+    cursor: Option<ClaimCursor>,
+    last_sweep: Option<Instant>,
+    sweeps_slow: bool,
+}
+
+impl ClaimPlan {
+    /// The cursor the next claim starts at, or `None` for a sweep.
+    fn cursor(&self) -> Option<ClaimCursor> {
+        let recent = self
+            .last_sweep
+            .is_some_and(|at| at.elapsed() < SWEEP_EVERY);
+        if self.sweeps_slow && recent {
+            self.cursor
+        } else {
+            None
+        }
+    }
+
+    fn record(&mut self, swept: bool, took: Duration, claimed: &[ClaimedEvent]) {
+        if swept {
+            self.last_sweep = Some(Instant::now());
+            self.sweeps_slow = took > SLOW_SWEEP;
+        }
+        let newest = claimed
+            .iter()
+            .map(|claimed| ClaimCursor {
+                priority: claimed.event.priority,
+                run_at: claimed
+                    .event
+                    .run_at
+                    .checked_sub(CURSOR_MARGIN)
+                    .unwrap_or(claimed.event.run_at),
+                id: i64::MIN,
+            })
+            .max();
+        if newest > self.cursor {
+            self.cursor = newest;
+        }
+    }
+}
+
 /// How long after a wake-up's claim the follow-up claim runs.
 const FOLLOW_UP: Duration = Duration::from_millis(5);
 
@@ -333,6 +396,7 @@ const FOLLOW_UP: Duration = Duration::from_millis(5);
 /// wake-up, a freed slot, the poll, or the next due time.
 async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut failures: u32 = 0;
+    let mut plan = ClaimPlan::default();
     loop {
         if *stopped.borrow() {
             return;
@@ -344,14 +408,19 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         let mut next_due = None;
         if free > 0 {
             let claim_started = Instant::now();
-            match shared
-                .events
-                .claim(&Cached(&shared.client), free, shared.config.lease)
-                .await
-            {
+            let cursor = plan.cursor();
+            let client = Cached(&shared.client);
+            let lease = shared.config.lease;
+            let result = match cursor {
+                Some(cursor) => shared.events.claim_from(&client, free, lease, cursor).await,
+                None => shared.events.claim(&client, free, lease).await,
+            };
+            match result {
                 Ok(claimed) => {
                     failures = 0;
-                    observe_claim(&shared, free, claimed.len(), claim_started.elapsed());
+                    let took = claim_started.elapsed();
+                    plan.record(cursor.is_none(), took, &claimed);
+                    observe_claim(&shared, free, claimed.len(), took);
                     let full = claimed.len() == free;
                     for event in claimed {
                         start_event(&shared, event);
@@ -359,7 +428,11 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     if full {
                         continue;
                     }
-                    match shared.events.next_due(&Cached(&shared.client)).await {
+                    let due = match cursor {
+                        Some(cursor) => shared.events.next_due_from(&client, cursor).await,
+                        None => shared.events.next_due(&client).await,
+                    };
+                    match due {
                         Ok(due) => next_due = due,
                         Err(error) => database_error(&shared, "next due", &error),
                     }
