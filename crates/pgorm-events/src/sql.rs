@@ -109,6 +109,10 @@ CREATE CONSTRAINT TRIGGER wake AFTER INSERT ON {s}.events
 /// second is the channel's hash), apart from single-key locks users take.
 const WAKE_LOCK_CLASS: i32 = 0x7067_6576; // "pgev"
 
+/// The message of the error the migration block raises for a schema
+/// migrated by a newer release.
+pub(crate) const SCHEMA_TOO_NEW: &str = "pgorm-events schema is newer than this release";
+
 /// The newest schema version this release ships.
 pub(crate) const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;
 
@@ -120,7 +124,6 @@ pub(crate) struct Statements {
     pub create_schema: String,
     pub create_version_table: String,
     pub current_version: String,
-    pub record_version: String,
     pub publish: String,
     pub existing_key: String,
     pub publish_batch: String,
@@ -165,7 +168,6 @@ impl Statements {
             current_version: format!(
                 "SELECT COALESCE(max(version), 0) FROM {s}.schema_version"
             ),
-            record_version: format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
             publish: format!(
                 "INSERT INTO {s}.events \
                  (event_type, payload, priority, run_at, max_attempts, idempotency_key) \
@@ -320,6 +322,36 @@ impl Statements {
                    WHERE completed_at < now() - make_interval(secs => $1::float8) LIMIT $2)"
             ),
         }
+    }
+
+    /// One `DO` block that takes the migration lock (held to the end of the
+    /// transaction), creates the schema and its version table, refuses a
+    /// newer version (message [`SCHEMA_TOO_NEW`], the version as detail)
+    /// and applies each missing migration with its version row: atomic as
+    /// one statement on any client.
+    pub(crate) fn migrate_block(&self, lock: i64) -> String {
+        let mut steps = String::new();
+        for (version, sql) in self.migrations_after(0) {
+            steps.push_str(&format!(
+                "IF current < {version} THEN EXECUTE {}; \
+                 INSERT INTO {}.schema_version (version) VALUES ({version}); END IF;\n",
+                quote_literal(&sql),
+                self.schema
+            ));
+        }
+        format!(
+            "DO $pgorm_migrate$\nDECLARE current integer;\nBEGIN\n\
+             PERFORM pg_advisory_xact_lock({lock});\n\
+             EXECUTE {};\nEXECUTE {};\n\
+             EXECUTE {} INTO current;\n\
+             IF current > {LATEST_VERSION} THEN \
+             RAISE EXCEPTION {} USING DETAIL = current::text; END IF;\n\
+             {steps}END\n$pgorm_migrate$",
+            quote_literal(&self.create_schema),
+            quote_literal(&self.create_version_table),
+            quote_literal(&self.current_version),
+            quote_literal(SCHEMA_TOO_NEW),
+        )
     }
 
     /// The shipped migrations after `version`, with the schema filled in.
