@@ -398,9 +398,7 @@ async fn long(
     let router = Router::new().on("bench", move |event| {
         let seen = seen.clone();
         async move {
-            let sent: u64 = event.payload["t"]
-                .as_u64()
-                .unwrap_or_default();
+            let sent: u64 = event.payload["t"].as_u64().unwrap_or_default();
             let now = base.elapsed().as_micros() as u64;
             if let Ok(mut seen) = seen.lock() {
                 seen.push(now.saturating_sub(sent) as f32);
@@ -427,8 +425,8 @@ async fn long(
             let started = Instant::now();
             let mut sent = 0u64;
             while started.elapsed() < length {
-                let due = (started.elapsed().as_secs_f64() * per_second as f64
-                    / PRODUCERS as f64) as u64;
+                let due =
+                    (started.elapsed().as_secs_f64() * per_second as f64 / PRODUCERS as f64) as u64;
                 if sent >= due {
                     tokio::time::sleep(Duration::from_micros(500)).await;
                     continue;

@@ -80,7 +80,6 @@ impl EventsError {
     }
 }
 
-
 /// An error's text with its sources, as stored in `last_error`.
 pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();

@@ -27,10 +27,10 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::backoff::{jittered, retry_delay};
 use crate::cached::Cached;
-use crate::events::ClaimCursor;
 use crate::config::WorkerConfig;
 use crate::error::{describe, EventsError, EventsResult, HandlerError};
 use crate::event::ClaimedEvent;
+use crate::events::ClaimCursor;
 use crate::events::Events;
 use crate::hooks::{Claim, Outcome, OutcomeKind};
 use crate::router::{Handler, Router};
@@ -356,9 +356,7 @@ struct ClaimPlan {
 impl ClaimPlan {
     /// The cursor the next claim starts at, or `None` for a sweep.
     fn cursor(&self) -> Option<ClaimCursor> {
-        let recent = self
-            .last_sweep
-            .is_some_and(|at| at.elapsed() < SWEEP_EVERY);
+        let recent = self.last_sweep.is_some_and(|at| at.elapsed() < SWEEP_EVERY);
         if self.sweeps_slow && recent {
             self.cursor
         } else {

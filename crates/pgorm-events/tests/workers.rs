@@ -709,7 +709,10 @@ async fn under_a_held_snapshot_urgent_and_back_dated_events_are_still_claimed_on
     // Behind any cursor in claim order: more urgent, and due an hour ago.
     let an_hour_ago = server_now(&client).await - Duration::from_secs(3600);
     let urgent = events
-        .publish(&client, NewEvent::new("n", &json!({})).unwrap().priority(-5))
+        .publish(
+            &client,
+            NewEvent::new("n", &json!({})).unwrap().priority(-5),
+        )
         .await
         .unwrap()
         .id()
@@ -730,8 +733,8 @@ async fn under_a_held_snapshot_urgent_and_back_dated_events_are_still_claimed_on
     .await;
     workers.shutdown().await.unwrap();
     snapshot.commit().await.unwrap();
+    assert_eq!(stats(&events, &client).await.depth, 0);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 10_002);
     assert!(seen.values().all(|&count| count == 1));
-    assert_eq!(stats(&events, &client).await.depth, 0);
 }
