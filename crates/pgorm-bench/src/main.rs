@@ -1,7 +1,8 @@
 //! pgorm's LISTEN/NOTIFY benchmark.
 //!
 //! `cargo run --release --manifest-path crates/pgorm-bench/Cargo.toml -- [--rounds N] [WORKLOAD…]`
-//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `changes`)
+//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `changes`,
+//! and the long `events-soak` and `events-snapshot`, `--duration SECS`)
 //!
 //! `… -- callgrind [--small N] [--large N]` (or `scripts/callgrind`) prints
 //! instructions per notification of each throughput peer under
@@ -93,6 +94,8 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
         "reconnect" => vec![LISTENER, "pgorm PgNotifyHub x1", SQLX],
         "events" => events::RUNS.to_vec(),
         "changes" => changes::RUNS.to_vec(),
+        "events-soak" => events::SOAK_RUNS.to_vec(),
+        "events-snapshot" => events::SNAPSHOT_RUNS.to_vec(),
         other => panic!("unknown workload {other}"),
     }
 }
@@ -108,6 +111,13 @@ fn parent(args: &[String]) {
                     .next()
                     .and_then(|n| n.parse().ok())
                     .expect("--rounds N")
+            }
+            "--duration" => {
+                let seconds: u64 = iter
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--duration SECS");
+                std::env::set_var(events::DURATION_VAR, seconds.to_string());
             }
             workload => workloads.push(workload.to_string()),
         }
@@ -125,6 +135,10 @@ fn parent(args: &[String]) {
         .to_vec();
     }
     let (url, server) = pgorm_testkit::database_url_or_spawn().expect("a database");
+    // The events workloads need durable commits; the testkit's server has
+    // them off.
+    let durable = (server.is_some() && workloads.iter().any(|w| w.starts_with("events")))
+        .then(events::durable_server);
     let exe = std::env::current_exe().expect("own path");
 
     println!("# pgorm LISTEN/NOTIFY benchmark\n");
@@ -150,6 +164,10 @@ fn parent(args: &[String]) {
             for run in &runs {
                 eprintln!("{workload}: round {} of {rounds}: {run}", round + 1);
                 let mut command = Command::new(&exe);
+                let url = match &durable {
+                    Some(server) if workload.starts_with("events") => server.url(),
+                    _ => url.clone(),
+                };
                 command.args(["child", workload, run, &url]);
                 if let Some((tls_url, ca_pem)) = &tls {
                     command
@@ -292,6 +310,7 @@ fn metrics_of(workload: &str) -> Vec<(&'static str, &'static str, bool)> {
         ],
         "events" => events::METRICS.to_vec(),
         "changes" => changes::METRICS.to_vec(),
+        "events-soak" | "events-snapshot" => events::LONG_METRICS.to_vec(),
         _ => Vec::new(),
     }
 }
@@ -374,8 +393,8 @@ fn child(workload: &str, run: &str, url: &str) -> Results {
             "latency" => latency(run, url).await,
             "burst" => burst(run, url).await,
             "reconnect" => reconnect(run, url).await,
-            "events" => events::run(run, url).await,
             "changes" => changes::run(run, url).await,
+            w if w.starts_with("events") => events::run(run, url).await,
             other => panic!("unknown workload {other}"),
         }
     })

@@ -80,19 +80,6 @@ impl EventsError {
     }
 }
 
-/// A driver error as pgorm's error (for statements pgorm's traits do not
-/// cover, such as `batch_execute`).
-pub(crate) fn driver(source: pgorm::tokio_postgres::Error) -> EventsError {
-    let closed = source.is_closed()
-        || std::error::Error::source(&source).is_some_and(|s| s.is::<std::io::Error>());
-    let error = if closed {
-        OrmError::Connection { source }
-    } else {
-        OrmError::Query { source }
-    };
-    EventsError::Database { source: error }
-}
-
 /// An error's text with its sources, as stored in `last_error`.
 pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();

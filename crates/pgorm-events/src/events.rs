@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pgorm::{GenericClient, PgClient};
+use pgorm::GenericClient;
 
 use crate::config::EventsConfig;
-use crate::error::{driver, EventsError, EventsResult};
+use crate::error::{EventsError, EventsResult};
 use crate::event::{ClaimedEvent, DeadEvent, NewEvent};
-use crate::sql::{Statements, LATEST_VERSION};
+use crate::sql::{Statements, LATEST_VERSION, SCHEMA_TOO_NEW};
 use crate::stats::{QueueStats, TypeQueueStats};
 
 /// A key for the advisory lock that serialises migrations of any schema.
@@ -110,42 +110,37 @@ impl Events {
     }
 
     /// Creates or upgrades the schema: every shipped migration newer than
-    /// the database's version is applied in order, in one transaction,
-    /// under an advisory lock, so concurrent calls (two processes starting
-    /// at once) are safe and a second call does nothing. Returns the
-    /// version now in place.
+    /// the database's version is applied in order, under an advisory lock,
+    /// in one statement (a `DO` block), so it is atomic on any
+    /// [`GenericClient`]: a [`PgClient`](pgorm::PgClient) (its own transaction) or a
+    /// [`PgTransaction`](pgorm::PgTransaction) (the caller's, committed or
+    /// rolled back with the rest of it). Concurrent calls (two processes
+    /// starting at once) are safe and a second call does nothing. Returns
+    /// the version now in place.
     ///
     /// # Errors
     /// The server's errors; [`EventsError::SchemaTooNew`] when the database
     /// was migrated by a newer release.
-    pub async fn migrate(&self, client: &PgClient) -> EventsResult<i32> {
-        let mut connection = client.connection().await?;
-        let tx = connection.transaction().await.map_err(driver)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        tx.batch_execute(&self.sql.create_schema)
-            .await
-            .map_err(driver)?;
-        tx.batch_execute(&self.sql.create_version_table)
-            .await
-            .map_err(driver)?;
-        let current: i32 = tx
-            .query_one(self.sql.current_version.as_str(), &[])
-            .await?
-            .get(0);
-        if current > LATEST_VERSION {
-            return Err(EventsError::SchemaTooNew {
-                found: current,
-                known: LATEST_VERSION,
+    pub async fn migrate<C: GenericClient + ?Sized>(&self, client: &C) -> EventsResult<i32> {
+        let block = self.sql.migrate_block(MIGRATION_LOCK);
+        if let Err(error) = client.execute(&block, &[]).await {
+            let too_new = error
+                .db_error()
+                .filter(|db| db.message() == SCHEMA_TOO_NEW)
+                .and_then(|db| db.detail()?.parse().ok());
+            return Err(match too_new {
+                Some(found) => EventsError::SchemaTooNew {
+                    found,
+                    known: LATEST_VERSION,
+                },
+                None => error.into(),
             });
         }
-        for (version, sql) in self.sql.migrations_after(current) {
-            tx.batch_execute(&sql).await.map_err(driver)?;
-            tx.execute(self.sql.record_version.as_str(), &[&version])
-                .await?;
-            tracing::info!(schema = %self.config.schema_name(), version, "pgorm-events migration applied");
-        }
-        tx.commit().await.map_err(driver)?;
+        tracing::info!(
+            schema = %self.config.schema_name(),
+            version = LATEST_VERSION,
+            "pgorm-events schema migrated"
+        );
         Ok(LATEST_VERSION)
     }
 
@@ -270,6 +265,39 @@ impl Events {
         let rows = client
             .query(&self.sql.claim, &[&limit, &lease.as_secs_f64()])
             .await?;
+        self.decode_claimed(client, rows).await
+    }
+
+    /// As [`claim`](Self::claim) for due events after `cursor` in claim
+    /// order only (no rescue of expired leases).
+    pub(crate) async fn claim_from<C: GenericClient + ?Sized>(
+        &self,
+        client: &C,
+        limit: usize,
+        lease: Duration,
+        cursor: ClaimCursor,
+    ) -> EventsResult<Vec<ClaimedEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &self.sql.claim_from,
+                &[
+                    &limit,
+                    &lease.as_secs_f64(),
+                    &cursor.priority,
+                    &cursor.run_at,
+                    &cursor.id,
+                ],
+            )
+            .await?;
+        self.decode_claimed(client, rows).await
+    }
+
+    async fn decode_claimed<C: GenericClient + ?Sized>(
+        &self,
+        client: &C,
+        rows: Vec<pgorm::Row>,
+    ) -> EventsResult<Vec<ClaimedEvent>> {
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             match ClaimedEvent::from_row(row) {
@@ -443,6 +471,20 @@ impl Events {
         Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }
 
+    /// As `next_due` for pending events after `cursor`'s time only (no
+    /// lease expiry: sweeps rescue those).
+    pub(crate) async fn next_due_from<C: GenericClient + ?Sized>(
+        &self,
+        client: &C,
+        cursor: ClaimCursor,
+    ) -> EventsResult<Option<Duration>> {
+        let row = client
+            .query_one(&self.sql.next_due_from, &[&cursor.run_at])
+            .await?;
+        let seconds: Option<f64> = row.get(0);
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
     /// Queue depth by state and type, oldest due age and dead counts. Reads
     /// the whole queue table: meant for monitoring, not for every request.
     ///
@@ -580,4 +622,13 @@ impl Events {
             .await?
             .get(0))
     }
+}
+
+/// A key in claim order (priority, run_at, id): claims after it start there
+/// in the due index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ClaimCursor {
+    pub priority: i16,
+    pub run_at: SystemTime,
+    pub id: i64,
 }

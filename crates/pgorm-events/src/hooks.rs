@@ -46,6 +46,19 @@ pub struct Outcome {
     pub kind: OutcomeKind,
 }
 
+/// One claim statement of a worker pool, as hooks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Claim {
+    /// How many events the pool asked for (its free slots, at most
+    /// `max_batch`).
+    pub requested: usize,
+    /// How many it got.
+    pub claimed: usize,
+    /// The statement's round trip.
+    pub duration: Duration,
+}
+
 /// Observes a worker pool. Every method has an empty default.
 ///
 /// ```
@@ -70,5 +83,11 @@ pub trait EventHooks: Send + Sync + 'static {
     /// After an outcome of a claimed event was written (or rejected).
     fn on_outcome(&self, outcome: &Outcome) {
         let _ = outcome;
+    }
+
+    /// After each successful claim statement, on the pool's coordinator
+    /// task (keep it short: the next claim waits for it).
+    fn on_claim(&self, claim: &Claim) {
+        let _ = claim;
     }
 }

@@ -83,7 +83,7 @@ pub use config::{EventsConfig, WorkerConfig, MAX_SCHEMA_LEN};
 pub use error::{EventsError, EventsResult, HandlerError};
 pub use event::{ClaimedEvent, DeadEvent, Event, NewEvent, DEFAULT_MAX_ATTEMPTS};
 pub use events::{BatchPublished, Events, Published};
-pub use hooks::{EventHooks, Outcome, OutcomeKind};
+pub use hooks::{Claim, EventHooks, Outcome, OutcomeKind};
 pub use router::Router;
 pub use stats::{QueueStats, TypeQueueStats, TypeWorkerStats, WorkerStats};
 pub use worker::{EventWorkers, ShutdownReport};

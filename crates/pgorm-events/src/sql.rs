@@ -83,7 +83,35 @@ $pgorm$;
 CREATE TRIGGER wake AFTER INSERT ON {s}.events
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.wake();
 "#,
+    // 2: debounced wake-ups at commit. NOTIFY holds a cluster-wide lock
+    // from pre-commit to the end of commit, which serialises notifying
+    // commits. The trigger now fires at commit (deferred) and only the
+    // transaction that gets the schema's advisory lock notifies; one that
+    // does not is committing alongside a notifier, and the workers' follow-up
+    // claim after each wake-up (or their poll) picks its events up.
+    r#"
+DROP TRIGGER wake ON {s}.events;
+CREATE OR REPLACE FUNCTION {s}.wake() RETURNS trigger LANGUAGE plpgsql AS $pgorm$
+BEGIN
+    IF pg_try_advisory_xact_lock({wake_lock_class}, hashtext({channel})) THEN
+        PERFORM pg_notify({channel}, '');
+    END IF;
+    RETURN NULL;
+END
+$pgorm$;
+CREATE CONSTRAINT TRIGGER wake AFTER INSERT ON {s}.events
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION {s}.wake();
+"#,
 ];
+
+/// The first key of the two-key advisory lock that debounces wake-ups (the
+/// second is the channel's hash), apart from single-key locks users take.
+const WAKE_LOCK_CLASS: i32 = 0x7067_6576; // "pgev"
+
+/// The message of the error the migration block raises for a schema
+/// migrated by a newer release.
+pub(crate) const SCHEMA_TOO_NEW: &str = "pgorm-events schema is newer than this release";
 
 /// The newest schema version this release ships.
 pub(crate) const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -96,12 +124,13 @@ pub(crate) struct Statements {
     pub create_schema: String,
     pub create_version_table: String,
     pub current_version: String,
-    pub record_version: String,
     pub publish: String,
     pub existing_key: String,
     pub publish_batch: String,
     pub claim: String,
+    pub claim_from: String,
     pub next_due: String,
+    pub next_due_from: String,
     pub complete_delete: String,
     pub complete_keep: String,
     pub complete_delete_in: String,
@@ -139,7 +168,6 @@ impl Statements {
             current_version: format!(
                 "SELECT COALESCE(max(version), 0) FROM {s}.schema_version"
             ),
-            record_version: format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
             publish: format!(
                 "INSERT INTO {s}.events \
                  (event_type, payload, priority, run_at, max_attempts, idempotency_key) \
@@ -181,6 +209,27 @@ impl Statements {
                    attempts = e.attempts + 1 \
                  FROM picked WHERE e.id = picked.id \
                  RETURNING {EVENT_COLUMNS}"
+            ),
+            // The same claim of due events, starting in the due index just
+            // behind a pool's cursor: dead index entries before it (which a
+            // long-held snapshot keeps from being removed) are not walked.
+            claim_from: format!(
+                "WITH due AS (\
+                   SELECT id FROM {s}.events \
+                   WHERE lease_token IS NULL AND run_at <= now() \
+                   AND (priority, run_at, id) > ($3::int2, $4::timestamptz, $5::int8) \
+                   ORDER BY priority, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s}.events e SET \
+                   lease_token = nextval({sequence}), \
+                   lease_expires_at = clock_timestamp() + make_interval(secs => $2::float8), \
+                   attempts = e.attempts + 1 \
+                 FROM due WHERE e.id = due.id \
+                 RETURNING {EVENT_COLUMNS}"
+            ),
+            next_due_from: format!(
+                "SELECT EXTRACT(EPOCH FROM (\
+                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL AND run_at > $1 \
+                    ORDER BY run_at LIMIT 1) - clock_timestamp()))::float8"
             ),
             next_due: format!(
                 "SELECT EXTRACT(EPOCH FROM (least(\
@@ -275,6 +324,36 @@ impl Statements {
         }
     }
 
+    /// One `DO` block that takes the migration lock (held to the end of the
+    /// transaction), creates the schema and its version table, refuses a
+    /// newer version (message [`SCHEMA_TOO_NEW`], the version as detail)
+    /// and applies each missing migration with its version row: atomic as
+    /// one statement on any client.
+    pub(crate) fn migrate_block(&self, lock: i64) -> String {
+        let mut steps = String::new();
+        for (version, sql) in self.migrations_after(0) {
+            steps.push_str(&format!(
+                "IF current < {version} THEN EXECUTE {}; \
+                 INSERT INTO {}.schema_version (version) VALUES ({version}); END IF;\n",
+                quote_literal(&sql),
+                self.schema
+            ));
+        }
+        format!(
+            "DO $pgorm_migrate$\nDECLARE current integer;\nBEGIN\n\
+             PERFORM pg_advisory_xact_lock({lock});\n\
+             EXECUTE {};\nEXECUTE {};\n\
+             EXECUTE {} INTO current;\n\
+             IF current > {LATEST_VERSION} THEN \
+             RAISE EXCEPTION {} USING DETAIL = current::text; END IF;\n\
+             {steps}END\n$pgorm_migrate$",
+            quote_literal(&self.create_schema),
+            quote_literal(&self.create_version_table),
+            quote_literal(&self.current_version),
+            quote_literal(SCHEMA_TOO_NEW),
+        )
+    }
+
     /// The shipped migrations after `version`, with the schema filled in.
     pub(crate) fn migrations_after(&self, version: i32) -> Vec<(i32, String)> {
         MIGRATIONS
@@ -285,7 +364,8 @@ impl Statements {
             .map(|(number, sql)| {
                 let sql = sql
                     .replace("{s}", &self.schema)
-                    .replace("{channel}", &self.channel_literal);
+                    .replace("{channel}", &self.channel_literal)
+                    .replace("{wake_lock_class}", &WAKE_LOCK_CLASS.to_string());
                 (number, sql)
             })
             .collect()
@@ -310,7 +390,10 @@ mod tests {
         assert_eq!(migrations.len() as i32, LATEST_VERSION);
         assert!(migrations[0].1.contains("\"My Schema\".events"));
         assert!(migrations[0].1.contains("'pgorm_events.My Schema'"));
-        assert!(!migrations[0].1.contains("{s}"));
+        for (_, sql) in &migrations {
+            assert!(!sql.contains("{s}") && !sql.contains("{channel}"));
+            assert!(!sql.contains("{wake_lock_class}"));
+        }
         assert!(statements.migrations_after(LATEST_VERSION).is_empty());
     }
 }

@@ -16,7 +16,7 @@
 //!    lease.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,9 @@ use crate::cached::Cached;
 use crate::config::WorkerConfig;
 use crate::error::{describe, EventsError, EventsResult, HandlerError};
 use crate::event::ClaimedEvent;
+use crate::events::ClaimCursor;
 use crate::events::Events;
-use crate::hooks::{Outcome, OutcomeKind};
+use crate::hooks::{Claim, Outcome, OutcomeKind};
 use crate::router::{Handler, Router};
 use crate::stats::{TypeWorkerStats, WorkerStats};
 
@@ -114,6 +115,10 @@ struct Shared {
     router: Router,
     config: WorkerConfig,
     wake: Notify,
+    /// Set by a wake-up from the hub: the claim after it is followed by one
+    /// more shortly after, for events of transactions that committed
+    /// alongside the notifier and skipped their own NOTIFY (debounce).
+    notified: AtomicBool,
     slots: Arc<Semaphore>,
     in_flight: Mutex<HashMap<i64, InFlight>>,
     counters: Counters,
@@ -197,6 +202,7 @@ impl EventWorkers {
             slots: Arc::new(Semaphore::new(config.concurrency)),
             config,
             wake: Notify::new(),
+            notified: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
@@ -321,10 +327,74 @@ impl Drop for EventWorkers {
     }
 }
 
+/// A sweep (a claim from the head of the due index, rescuing expired
+/// leases too) slower than this means the index holds many dead entries
+/// (a long-held snapshot elsewhere keeps them): claims then start at the
+/// cursor, with a sweep every [`SWEEP_EVERY`].
+const SLOW_SWEEP: Duration = Duration::from_millis(10);
+/// How often a pool whose sweeps are slow still sweeps: for events that
+/// committed late behind the cursor, more urgent priorities, and expired
+/// leases.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How far behind the last claimed event's due time the cursor stays, so
+/// that events of transactions that commit a little late are claimed by
+/// the next claim, not the next sweep.
+const CURSOR_MARGIN: Duration = Duration::from_millis(250);
+
+/// Where a pool's claims start. While sweeps are fast every claim is one
+/// (the exact, simple claim). Once one is slow, claims start just behind the
+/// last event claimed (the index entries before it are of events already
+/// taken), and a sweep runs every [`SWEEP_EVERY`], which also measures again
+/// whether sweeps are still slow.
+#[derive(Default)]
+struct ClaimPlan {
+    cursor: Option<ClaimCursor>,
+    last_sweep: Option<Instant>,
+    sweeps_slow: bool,
+}
+
+impl ClaimPlan {
+    /// The cursor the next claim starts at, or `None` for a sweep.
+    fn cursor(&self) -> Option<ClaimCursor> {
+        let recent = self.last_sweep.is_some_and(|at| at.elapsed() < SWEEP_EVERY);
+        if self.sweeps_slow && recent {
+            self.cursor
+        } else {
+            None
+        }
+    }
+
+    fn record(&mut self, swept: bool, took: Duration, claimed: &[ClaimedEvent]) {
+        if swept {
+            self.last_sweep = Some(Instant::now());
+            self.sweeps_slow = took > SLOW_SWEEP;
+        }
+        let newest = claimed
+            .iter()
+            .map(|claimed| ClaimCursor {
+                priority: claimed.event.priority,
+                run_at: claimed
+                    .event
+                    .run_at
+                    .checked_sub(CURSOR_MARGIN)
+                    .unwrap_or(claimed.event.run_at),
+                id: i64::MIN,
+            })
+            .max();
+        if newest > self.cursor {
+            self.cursor = newest;
+        }
+    }
+}
+
+/// How long after a wake-up's claim the follow-up claim runs.
+const FOLLOW_UP: Duration = Duration::from_millis(5);
+
 /// Claims while there is work and free slots; otherwise waits for a
 /// wake-up, a freed slot, the poll, or the next due time.
 async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut failures: u32 = 0;
+    let mut plan = ClaimPlan::default();
     loop {
         if *stopped.borrow() {
             return;
@@ -335,13 +405,20 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             .min(shared.config.max_batch);
         let mut next_due = None;
         if free > 0 {
-            match shared
-                .events
-                .claim(&Cached(&shared.client), free, shared.config.lease)
-                .await
-            {
+            let claim_started = Instant::now();
+            let cursor = plan.cursor();
+            let client = Cached(&shared.client);
+            let lease = shared.config.lease;
+            let result = match cursor {
+                Some(cursor) => shared.events.claim_from(&client, free, lease, cursor).await,
+                None => shared.events.claim(&client, free, lease).await,
+            };
+            match result {
                 Ok(claimed) => {
                     failures = 0;
+                    let took = claim_started.elapsed();
+                    plan.record(cursor.is_none(), took, &claimed);
+                    observe_claim(&shared, free, claimed.len(), took);
                     let full = claimed.len() == free;
                     for event in claimed {
                         start_event(&shared, event);
@@ -349,9 +426,16 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     if full {
                         continue;
                     }
-                    match shared.events.next_due(&Cached(&shared.client)).await {
+                    let due = match cursor {
+                        Some(cursor) => shared.events.next_due_from(&client, cursor).await,
+                        None => shared.events.next_due(&client).await,
+                    };
+                    match due {
                         Ok(due) => next_due = due,
                         Err(error) => database_error(&shared, "next due", &error),
+                    }
+                    if shared.notified.swap(false, Ordering::Relaxed) {
+                        next_due = Some(next_due.map_or(FOLLOW_UP, |due| due.min(FOLLOW_UP)));
                     }
                 }
                 Err(error) => {
@@ -376,6 +460,29 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep(jittered(shared.config.poll_interval)) => {}
             _ = tokio::time::sleep(next_due.unwrap_or_default()), if next_due.is_some() => {}
+        }
+    }
+}
+
+/// Traces a claim and tells the hooks (contained: a panicking hook is
+/// logged, never spread).
+fn observe_claim(shared: &Shared, requested: usize, claimed: usize, duration: Duration) {
+    tracing::debug!(
+        schema = %shared.events.config().schema_name(),
+        requested,
+        claimed,
+        micros = duration.as_micros() as u64,
+        "pgorm-events claim"
+    );
+    if let Some(hooks) = &shared.config.hooks.0 {
+        let claim = Claim {
+            requested,
+            claimed,
+            duration,
+        };
+        let call = std::panic::AssertUnwindSafe(|| hooks.on_claim(&claim));
+        if std::panic::catch_unwind(call).is_err() {
+            tracing::error!("an EventHooks::on_claim call panicked");
         }
     }
 }
@@ -737,6 +844,7 @@ async fn listen_for_wakeups(shared: Arc<Shared>, mut subscription: Subscription)
         if matches!(item, Ok(ListenerEvent::Reconnected { .. })) {
             tracing::debug!("wake-up listener reconnected");
         }
+        shared.notified.store(true, Ordering::Relaxed);
         shared.wake.notify_one();
     }
     tracing::warn!("pgorm-events wake-up subscription ended; polling continues");

@@ -15,9 +15,10 @@ async fn migrate_is_idempotent_versioned_and_safe_when_concurrent() {
     let client = PgClient::connect(&url).await.unwrap();
     let events = Events::new(EventsConfig::new().schema("Odd \"Schema\"")).unwrap();
     let (a, b) = tokio::join!(events.migrate(&client), events.migrate(&client));
-    assert_eq!(a.unwrap(), 1);
-    assert_eq!(b.unwrap(), 1);
-    assert_eq!(events.migrate(&client).await.unwrap(), 1);
+    // Version 2 debounces wake-ups (a deferred trigger).
+    assert_eq!(a.unwrap(), 2);
+    assert_eq!(b.unwrap(), 2);
+    assert_eq!(events.migrate(&client).await.unwrap(), 2);
     let versions: i64 = client
         .query_one(
             "SELECT count(*) FROM \"Odd \"\"Schema\"\"\".schema_version",
@@ -26,7 +27,7 @@ async fn migrate_is_idempotent_versioned_and_safe_when_concurrent() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2);
     // Autovacuum settings for a high-churn table are part of the schema.
     let options: Vec<String> = client
         .query_one(
@@ -46,6 +47,38 @@ async fn migrate_is_idempotent_versioned_and_safe_when_concurrent() {
 }
 
 #[tokio::test]
+async fn migrate_runs_in_the_callers_transaction() {
+    let url = TestServer::shared().create_database().await.unwrap();
+    let client = PgClient::connect(&url).await.unwrap();
+    let events = Events::new(EventsConfig::new().schema("in_tx")).unwrap();
+    let schema_exists = |client: PgClient| async move {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'in_tx'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    };
+    let tx = client.transaction().await.unwrap();
+    assert_eq!(events.migrate(&tx).await.unwrap(), 2);
+    tx.rollback().await.unwrap();
+    assert!(!schema_exists(client.clone()).await);
+
+    let tx = client.transaction().await.unwrap();
+    events.migrate(&tx).await.unwrap();
+    events
+        .publish(&tx, NewEvent::new("t", &serde_json::json!({})).unwrap())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(schema_exists(client.clone()).await);
+    assert_eq!(events.stats(&client).await.unwrap().depth, 1);
+}
+
+#[tokio::test]
 async fn a_newer_schema_version_is_refused() {
     let (_url, client, events) = setup_schema("too_new").await;
     client
@@ -61,7 +94,7 @@ async fn a_newer_schema_version_is_refused() {
             error,
             EventsError::SchemaTooNew {
                 found: 99,
-                known: 1
+                known: 2
             }
         ),
         "{error}"

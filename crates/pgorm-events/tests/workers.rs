@@ -662,3 +662,79 @@ async fn shutdown_leaves_a_hub_it_was_given_open() {
         .unwrap();
     assert_eq!(notification.payload, "yes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_held_snapshot_urgent_and_back_dated_events_are_still_claimed_once() {
+    let (url, client, events) = setup_schema("held_snapshot").await;
+    // A snapshot held open for the whole test: the index entries of every
+    // claimed or completed event stay behind, dead.
+    let holder = PgClient::connect(&url).await.unwrap();
+    let snapshot = holder.transaction().await.unwrap();
+    snapshot
+        .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", &[])
+        .await
+        .unwrap();
+    snapshot
+        .query_one("SELECT count(*) FROM pg_class", &[])
+        .await
+        .unwrap();
+
+    let seen: Arc<Mutex<std::collections::HashMap<i64, u32>>> = Arc::default();
+    let counted = seen.clone();
+    let router = Router::new().on("n", move |event| {
+        let counted = counted.clone();
+        async move {
+            *counted.lock().unwrap().entry(event.id).or_default() += 1;
+            Ok(())
+        }
+    });
+    let workers = EventWorkers::start(
+        client.clone(),
+        events.clone(),
+        router,
+        fast().concurrency(16).max_batch(100),
+    )
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        let batch = (0..2_500)
+            .map(|i| NewEvent::new("n", &json!({ "i": i })).unwrap())
+            .collect();
+        events.publish_batch(&client, batch).await.unwrap();
+    }
+    until("10,000 events handled", || async {
+        seen.lock().unwrap().len() == 10_000
+    })
+    .await;
+    // Behind any cursor in claim order: more urgent, and due an hour ago.
+    let an_hour_ago = server_now(&client).await - Duration::from_secs(3600);
+    let urgent = events
+        .publish(
+            &client,
+            NewEvent::new("n", &json!({})).unwrap().priority(-5),
+        )
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    let back_dated = events
+        .publish(
+            &client,
+            NewEvent::new("n", &json!({})).unwrap().run_at(an_hour_ago),
+        )
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    until("the urgent and the back-dated event handled", || async {
+        let seen = seen.lock().unwrap();
+        seen.contains_key(&urgent) && seen.contains_key(&back_dated)
+    })
+    .await;
+    workers.shutdown().await.unwrap();
+    snapshot.commit().await.unwrap();
+    assert_eq!(stats(&events, &client).await.depth, 0);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 10_002);
+    assert!(seen.values().all(|&count| count == 1));
+}
