@@ -83,6 +83,35 @@ $pgorm$;
 CREATE TRIGGER wake AFTER INSERT ON {s}.events
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.wake();
 "#,
+    // 2: the relay lane (pgorm_events::relay, feature `nats`). Events whose
+    // type matches a stored relay rule are marked `relay` at insert and left
+    // to the relay; `txid` lets the relay take only rows whose transaction
+    // has ended (see relay::sql). Existing rows keep txid NULL and relay
+    // false (no table rewrite).
+    r#"
+ALTER TABLE {s}.events ADD COLUMN relay boolean NOT NULL DEFAULT false;
+ALTER TABLE {s}.events ADD COLUMN txid xid8;
+ALTER TABLE {s}.events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
+CREATE TABLE {s}.relay_rules (
+    pattern text PRIMARY KEY,
+    regex text NOT NULL,
+    stored_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE FUNCTION {s}.relay_lane() RETURNS trigger LANGUAGE plpgsql AS $pgorm$
+BEGIN
+    NEW.relay := EXISTS (SELECT 1 FROM {s}.relay_rules r WHERE NEW.event_type ~ r.regex);
+    RETURN NEW;
+END
+$pgorm$;
+CREATE TRIGGER relay_lane BEFORE INSERT ON {s}.events
+    FOR EACH ROW EXECUTE FUNCTION {s}.relay_lane();
+DROP INDEX {s}.events_due;
+CREATE INDEX events_due ON {s}.events (priority, run_at, id)
+    WHERE lease_token IS NULL AND NOT relay;
+DROP INDEX {s}.events_next_run;
+CREATE INDEX events_next_run ON {s}.events (run_at) WHERE lease_token IS NULL AND NOT relay;
+CREATE INDEX events_relay ON {s}.events (id) WHERE relay;
+"#,
 ];
 
 /// The newest schema version this release ships.
@@ -171,7 +200,7 @@ impl Statements {
                    ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
                  due AS (\
                    SELECT id FROM {s}.events \
-                   WHERE lease_token IS NULL AND run_at <= now() \
+                   WHERE lease_token IS NULL AND NOT relay AND run_at <= now() \
                    ORDER BY priority, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED), \
                  picked AS (\
                    SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT $1) \
@@ -184,7 +213,7 @@ impl Statements {
             ),
             next_due: format!(
                 "SELECT EXTRACT(EPOCH FROM (least(\
-                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL \
+                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL AND NOT relay \
                     ORDER BY run_at LIMIT 1), \
                    (SELECT lease_expires_at FROM {s}.events WHERE lease_token IS NOT NULL \
                     ORDER BY lease_expires_at LIMIT 1)) - clock_timestamp()))::float8"
