@@ -85,13 +85,9 @@ CREATE TRIGGER wake AFTER INSERT ON {s}.events
 "#,
     // 2: the relay lane (pgorm_events::relay, feature `nats`). Events whose
     // type matches a stored relay rule are marked `relay` at insert and left
-    // to the relay; `txid` lets the relay take only rows whose transaction
-    // has ended (see relay::sql). Existing rows keep txid NULL and relay
-    // false (no table rewrite).
+    // to the relay. Existing rows keep relay false.
     r#"
 ALTER TABLE {s}.events ADD COLUMN relay boolean NOT NULL DEFAULT false;
-ALTER TABLE {s}.events ADD COLUMN txid xid8;
-ALTER TABLE {s}.events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
 CREATE TABLE {s}.relay_rules (
     pattern text PRIMARY KEY,
     regex text NOT NULL,

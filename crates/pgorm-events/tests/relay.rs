@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgorm::PgClient;
+use pgorm::{GenericClient, PgClient};
 use pgorm_events::relay::{relay_lag, store_rules, Relay, RelayConfig, RelayError};
 use pgorm_events::NewEvent;
 use relay_support::*;
@@ -227,4 +227,43 @@ async fn bad_rules_are_rejected_before_the_server() {
         .await
         .expect_err("no rules");
     assert!(matches!(error, RelayError::Setting { setting: "rules", .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_elsewhere_does_not_hold_the_relay_back() {
+    let nats = NatsServer::spawn().expect("nats-server");
+    let (url, client, events) = setup_schema("relay_long_tx").await;
+    let relay = Relay::start(client.clone(), events.clone(), config(&nats))
+        .await
+        .expect("relay");
+    // A transaction with a transaction id, open for the whole test, in
+    // another database of the same cluster.
+    let other = PgClient::connect(&TestServer::shared().create_database().await.unwrap())
+        .await
+        .unwrap();
+    let long = other.transaction().await.unwrap();
+    long.query("CREATE TABLE held (x int)", &[]).await.unwrap();
+    // And one in this database that published an event and stays open.
+    let open = client.transaction().await.unwrap();
+    events
+        .publish(&open, NewEvent::new("order.open", &json!({"n": 0})).unwrap())
+        .await
+        .unwrap();
+
+    events
+        .publish(&client, NewEvent::new("order.later", &json!({"n": 1})).unwrap())
+        .await
+        .unwrap();
+    until("relayed despite the open transactions", || async {
+        relay.stats().relayed == 1
+    })
+    .await;
+    open.commit().await.unwrap();
+    until("the late commit is relayed too", || async { relay.stats().relayed == 2 }).await;
+    let js = jetstream(&nats).await;
+    let messages = read_stream(&js).await;
+    let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(subjects, ["out.order.later", "out.order.open"]);
+    long.rollback().await.unwrap();
+    relay.shutdown().await;
 }

@@ -9,11 +9,13 @@
 //!   `relay_rules` table. An event inserted while a rule matches its type is
 //!   put in the relay lane; workers never claim it. Rules apply to events
 //!   published after they are stored; earlier events stay with the workers.
-//! - **No skipped event.** Ids are assigned at insert, not at commit. The
-//!   relay takes only rows whose transaction id is below the oldest
-//!   transaction still running (`pg_snapshot_xmin`): every such transaction
-//!   has ended, so no row can still appear below that horizon, and the relay
-//!   takes them in id order.
+//! - **No skipped event.** Ids are assigned at insert, not at commit, so a
+//!   transaction can commit after a higher id was relayed. The relay keeps
+//!   no cursor: a relay-lane row *is* the "not yet relayed" mark, and each
+//!   round takes every committed one in id order. A late commit with a low
+//!   id is simply taken in the next round; nothing waits for a transaction
+//!   horizon, so a long transaction elsewhere in the cluster does not hold
+//!   the relay back.
 //! - **Exactly once in the stream.** Each event is published with the
 //!   JetStream message id `<schema>:<event id>`, pipelined (a whole batch of
 //!   acks in flight), and the batch is marked relayed (deleted, or moved to
@@ -33,19 +35,20 @@
 //! # Ordering
 //!
 //! - An event whose transaction committed before another event's
-//!   transaction began is published first.
+//!   transaction began is published first (it has the lower id, and it is
+//!   visible whenever the later one is).
 //! - The events of one transaction are published in publish (id) order.
 //! - Per subject the same holds, since one relay publishes in one order.
-//! - Events of concurrent transactions come in no particular order (id
-//!   order within a batch, but a transaction that commits later can hold a
-//!   lower id).
+//! - Events of concurrent transactions come in no particular order: each
+//!   round publishes what has committed by then in id order, so a
+//!   transaction that commits later is published later even if its ids
+//!   are lower.
 //! - After a failed publish (say, the NATS server restarted mid-batch) the
 //!   batch is published again; messages of that batch that were stored
 //!   before the failure keep their place, so the retried ones can land after
 //!   later events of the same batch.
-//! - Head-of-line: a transaction that runs long anywhere in the cluster
-//!   (any database, including an idle-in-transaction session) holds the
-//!   horizon back, and with it every later event, until it ends.
+//! - Events of one schema go through one active relay; nothing orders
+//!   events of different schemas.
 //!
 //! ```no_run
 //! use pgorm::PgClient;
