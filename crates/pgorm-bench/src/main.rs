@@ -1,7 +1,8 @@
 //! pgorm's LISTEN/NOTIFY benchmark.
 //!
 //! `cargo run --release --manifest-path crates/pgorm-bench/Cargo.toml -- [--rounds N] [WORKLOAD…]`
-//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`)
+//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `relay`;
+//! `relay` is not in the default set: it needs `nats-server`, see `relay.rs`)
 //!
 //! Runs every peer on the same server and publisher, interleaved within each
 //! round, each measurement in a child process of its own (so peak memory is
@@ -19,6 +20,7 @@
 mod events;
 mod measure;
 mod peers;
+mod relay;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -80,6 +82,7 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
         ],
         "reconnect" => vec![LISTENER, "pgorm PgNotifyHub x1", SQLX],
         "events" => events::RUNS.to_vec(),
+        "relay" => relay::RUNS.to_vec(),
         other => panic!("unknown workload {other}"),
     }
 }
@@ -271,6 +274,7 @@ fn metrics_of(workload: &str) -> Vec<(&'static str, &'static str, bool)> {
             ("connect_ms", "one plain connect, ms", false),
         ],
         "events" => events::METRICS.to_vec(),
+        "relay" => relay::METRICS.to_vec(),
         _ => Vec::new(),
     }
 }
@@ -354,6 +358,7 @@ fn child(workload: &str, run: &str, url: &str) -> Results {
             "burst" => burst(run, url).await,
             "reconnect" => reconnect(run, url).await,
             "events" => events::run(run, url).await,
+            "relay" => relay::run(run, url).await,
             other => panic!("unknown workload {other}"),
         }
     })

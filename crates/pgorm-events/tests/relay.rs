@@ -116,20 +116,32 @@ async fn ten_thousand_concurrent_events_arrive_once_each_in_commit_order() {
     let js = jetstream(&nats).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while stream_len(&js).await < TOTAL || relay.stats().relayed < TOTAL {
-        assert!(std::time::Instant::now() < deadline, "relay stalled: {:?}", relay.stats());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "relay stalled: {:?}",
+            relay.stats()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Nothing more arrives later.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let messages = read_stream(&js).await;
-    assert_eq!(messages.len() as u64, TOTAL, "stream holds exactly the committed events");
+    assert_eq!(
+        messages.len() as u64,
+        TOTAL,
+        "stream holds exactly the committed events"
+    );
     assert_each_once(&messages);
 
     // Stream position of each (producer, tx, seq).
     let mut position: HashMap<(u64, u64, u64), usize> = HashMap::new();
     for (index, message) in messages.iter().enumerate() {
         let p = &message.payload;
-        assert_eq!(p["rollback"], json!(false), "an event of a rolled-back transaction was relayed");
+        assert_eq!(
+            p["rollback"],
+            json!(false),
+            "an event of a rolled-back transaction was relayed"
+        );
         assert_eq!(message.subject, format!("out.order.p{}", p["producer"]));
         let key = (
             p["producer"].as_u64().unwrap(),
@@ -145,7 +157,11 @@ async fn ten_thousand_concurrent_events_arrive_once_each_in_commit_order() {
         let at: Vec<usize> = (0..tx.size)
             .map(|seq| position[&(tx.key.0, tx.key.1, seq)])
             .collect();
-        assert!(at.windows(2).all(|w| w[0] < w[1]), "transaction {:?} out of publish order", tx.key);
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "transaction {:?} out of publish order",
+            tx.key
+        );
         spans.push((tx.begun, tx.committed, at[0], *at.last().unwrap()));
     }
     // Committed-before-began implies relayed-before: sweep the transactions
@@ -163,11 +179,17 @@ async fn ten_thousand_concurrent_events_arrive_once_each_in_commit_order() {
             next += 1;
         }
         if let Some(latest) = latest_before {
-            assert!(latest < *first, "a transaction that committed earlier was relayed later");
+            assert!(
+                latest < *first,
+                "a transaction that committed earlier was relayed later"
+            );
             checked += 1;
         }
     }
-    assert!(checked > 1000, "the order check compared too few transactions ({checked})");
+    assert!(
+        checked > 1000,
+        "the order check compared too few transactions ({checked})"
+    );
 
     let lag = relay_lag(&client, &events).await.expect("lag");
     assert_eq!(lag.events, 0);
@@ -185,11 +207,17 @@ async fn workers_leave_the_relay_lane_alone_and_other_types_to_workers() {
         .await
         .expect("rules");
     events
-        .publish(&client, NewEvent::new("order.created", &json!({"n": 1})).unwrap())
+        .publish(
+            &client,
+            NewEvent::new("order.created", &json!({"n": 1})).unwrap(),
+        )
         .await
         .unwrap();
     events
-        .publish(&client, NewEvent::new("user.created", &json!({"n": 2})).unwrap())
+        .publish(
+            &client,
+            NewEvent::new("user.created", &json!({"n": 2})).unwrap(),
+        )
         .await
         .unwrap();
     // A worker's claim only sees the worker lane.
@@ -202,9 +230,13 @@ async fn workers_leave_the_relay_lane_alone_and_other_types_to_workers() {
     let lag = relay_lag(&client, &events).await.expect("lag");
     assert_eq!(lag.events, 1);
 
-    let relay = Relay::start(client.clone(), events.clone(), config(&nats).rule("order.*"))
-        .await
-        .expect("relay");
+    let relay = Relay::start(
+        client.clone(),
+        events.clone(),
+        config(&nats).rule("order.*"),
+    )
+    .await
+    .expect("relay");
     until("relayed", || async { relay.stats().relayed == 1 }).await;
     let js = jetstream(&nats).await;
     let messages = read_stream(&js).await;
@@ -223,16 +255,26 @@ async fn bad_rules_are_rejected_before_the_server() {
             .expect_err(pattern);
         assert!(matches!(error, RelayError::Setting { .. }), "{error}");
     }
-    let error = Relay::start(client.clone(), events.clone(), RelayConfig::new("nats://127.0.0.1:1"))
-        .await
-        .expect_err("no rules");
-    assert!(matches!(error, RelayError::Setting { setting: "rules", .. }));
+    let error = Relay::start(
+        client.clone(),
+        events.clone(),
+        RelayConfig::new("nats://127.0.0.1:1"),
+    )
+    .await
+    .expect_err("no rules");
+    assert!(matches!(
+        error,
+        RelayError::Setting {
+            setting: "rules",
+            ..
+        }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_transaction_elsewhere_does_not_hold_the_relay_back() {
     let nats = NatsServer::spawn().expect("nats-server");
-    let (url, client, events) = setup_schema("relay_long_tx").await;
+    let (_url, client, events) = setup_schema("relay_long_tx").await;
     let relay = Relay::start(client.clone(), events.clone(), config(&nats))
         .await
         .expect("relay");
@@ -246,12 +288,18 @@ async fn a_long_transaction_elsewhere_does_not_hold_the_relay_back() {
     // And one in this database that published an event and stays open.
     let open = client.transaction().await.unwrap();
     events
-        .publish(&open, NewEvent::new("order.open", &json!({"n": 0})).unwrap())
+        .publish(
+            &open,
+            NewEvent::new("order.open", &json!({"n": 0})).unwrap(),
+        )
         .await
         .unwrap();
 
     events
-        .publish(&client, NewEvent::new("order.later", &json!({"n": 1})).unwrap())
+        .publish(
+            &client,
+            NewEvent::new("order.later", &json!({"n": 1})).unwrap(),
+        )
         .await
         .unwrap();
     until("relayed despite the open transactions", || async {
@@ -259,7 +307,10 @@ async fn a_long_transaction_elsewhere_does_not_hold_the_relay_back() {
     })
     .await;
     open.commit().await.unwrap();
-    until("the late commit is relayed too", || async { relay.stats().relayed == 2 }).await;
+    until("the late commit is relayed too", || async {
+        relay.stats().relayed == 2
+    })
+    .await;
     let js = jetstream(&nats).await;
     let messages = read_stream(&js).await;
     let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();

@@ -25,14 +25,25 @@ async fn publish_range(client: &PgClient, events: &Events, range: std::ops::Rang
 
 /// Waits until the stream holds `count` messages and the table no relay
 /// rows, then returns the messages (each checked to be there once).
-async fn settle(js: &async_nats::jetstream::Context, client: &PgClient, events: &Events, count: u64) -> Vec<Relayed> {
+async fn settle(
+    js: &async_nats::jetstream::Context,
+    client: &PgClient,
+    events: &Events,
+    count: u64,
+) -> Vec<Relayed> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let lag = relay_lag(client, events).await.map(|l| l.events).unwrap_or(-1);
+        let lag = relay_lag(client, events)
+            .await
+            .map(|l| l.events)
+            .unwrap_or(-1);
         if lag == 0 && stream_len(js).await >= count {
             break;
         }
-        assert!(Instant::now() < deadline, "relay did not settle (lag {lag})");
+        assert!(
+            Instant::now() < deadline,
+            "relay did not settle (lag {lag})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let messages = read_stream(js).await;
@@ -41,7 +52,10 @@ async fn settle(js: &async_nats::jetstream::Context, client: &PgClient, events: 
 }
 
 fn payload_numbers(messages: &[Relayed]) -> HashSet<u64> {
-    messages.iter().map(|m| m.payload["n"].as_u64().expect("n")).collect()
+    messages
+        .iter()
+        .map(|m| m.payload["n"].as_u64().expect("n"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,13 +71,19 @@ async fn killed_between_publish_and_mark_republishes_without_doubles() {
     // them, but its marking DELETE waits.
     let blocker = PgClient::connect(&url).await.unwrap();
     let hold = blocker.transaction().await.unwrap();
-    hold.query("SELECT id FROM relay_crash.events WHERE relay FOR UPDATE", &[])
-        .await
-        .unwrap();
+    hold.query(
+        "SELECT id FROM relay_crash.events WHERE relay FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
 
     let mut first = Isolated::start(&url, &events, config(&nats)).await;
     let js = jetstream(&nats).await;
-    until("the first batch is in the stream", || async { stream_len(&js).await >= 500 }).await;
+    until("the first batch is in the stream", || async {
+        stream_len(&js).await >= 500
+    })
+    .await;
     until("the relay waits to mark", || async {
         let rows = client
             .query(
@@ -90,7 +110,11 @@ async fn killed_between_publish_and_mark_republishes_without_doubles() {
     assert_eq!(first.relay.stats().relayed, 0, "nothing was marked");
     let published_before = stream_len(&js).await;
     assert!(published_before >= 500);
-    assert_eq!(relay_lag(&client, &events).await.unwrap().events, 2000, "all still unmarked");
+    assert_eq!(
+        relay_lag(&client, &events).await.unwrap().events,
+        2000,
+        "all still unmarked"
+    );
 
     let second = Isolated::start(&url, &events, config(&nats)).await;
     let messages = settle(&js, &client, &events, 2000).await;
@@ -98,16 +122,23 @@ async fn killed_between_publish_and_mark_republishes_without_doubles() {
     assert_eq!(payload_numbers(&messages), (0..2000).collect());
     let stats = second.relay.stats();
     assert_eq!(stats.relayed, 2000);
-    assert!(stats.duplicates >= published_before, "republished batch was deduplicated: {stats:?}");
+    assert!(
+        stats.duplicates >= published_before,
+        "republished batch was deduplicated: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_server_restart_during_relaying_loses_and_doubles_nothing() {
     let nats = NatsServer::spawn().expect("nats-server");
     let (_url, client, events) = setup_schema("relay_nats_restart").await;
-    let relay = Relay::start(client.clone(), events.clone(), config(&nats).batch_size(100))
-        .await
-        .expect("relay");
+    let relay = Relay::start(
+        client.clone(),
+        events.clone(),
+        config(&nats).batch_size(100),
+    )
+    .await
+    .expect("relay");
     let js = jetstream(&nats).await;
     let mut n = 0;
     for round in 0..30 {
@@ -124,7 +155,11 @@ async fn nats_server_restart_during_relaying_loses_and_doubles_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let js = if stream_len(&js).await == 0 { jetstream(&nats).await } else { js };
+    let js = if stream_len(&js).await == 0 {
+        jetstream(&nats).await
+    } else {
+        js
+    };
     let messages = settle(&js, &client, &events, n).await;
     assert_eq!(messages.len() as u64, n);
     assert_eq!(payload_numbers(&messages), (0..n).collect());
@@ -139,9 +174,13 @@ async fn postgres_restart_during_relaying_loses_and_doubles_nothing() {
     let client = PgClient::connect(&url).await.expect("client");
     let events = Events::new(EventsConfig::new()).unwrap();
     events.migrate(&client).await.unwrap();
-    let relay = Relay::start(client.clone(), events.clone(), config(&nats).batch_size(100))
-        .await
-        .expect("relay");
+    let relay = Relay::start(
+        client.clone(),
+        events.clone(),
+        config(&nats).batch_size(100),
+    )
+    .await
+    .expect("relay");
     let js = jetstream(&nats).await;
     publish_range(&client, &events, 0..3000).await;
     until("relaying", || async { relay.stats().relayed > 0 }).await;
@@ -196,13 +235,20 @@ async fn two_relays_one_publishes_and_the_other_takes_over_when_it_dies() {
     settle(&js, &client, &events, 1000).await;
     let (sa, sb) = (a.relay.stats(), b.relay.stats());
     assert!(sa.active != sb.active, "exactly one active: {sa:?} {sb:?}");
-    let (active, standby) = if sa.active { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (active, standby) = if sa.active {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     assert_eq!(active.relay.stats().relayed, 1000);
     assert_eq!(standby.relay.stats().relayed, 0, "the standby published");
 
     active.kill();
     let killed = Instant::now();
-    until("the standby takes over", || async { standby.relay.stats().active }).await;
+    until("the standby takes over", || async {
+        standby.relay.stats().active
+    })
+    .await;
     let took = killed.elapsed();
     eprintln!("takeover after {took:?} (configured {takeover:?})");
     // Generous margin over the configured time: a loaded machine is slow.

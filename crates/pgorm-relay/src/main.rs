@@ -72,7 +72,11 @@ async fn run(settings: Settings) -> Result<(), String> {
         let rate = (stats.relayed - last.1) as f64 / elapsed;
         last = (Instant::now(), stats.relayed);
         let lag = match relay_lag(&client, &events).await {
-            Ok(lag) => format!("lag {} events, oldest {:.1} s", lag.events, lag.oldest.as_secs_f64()),
+            Ok(lag) => format!(
+                "lag {} events, oldest {:.1} s",
+                lag.events,
+                lag.oldest.as_secs_f64()
+            ),
             Err(e) => format!("lag unknown ({e})"),
         };
         println!(

@@ -178,7 +178,8 @@ mod tests {
 
     #[test]
     fn flags_override_the_config_file() {
-        let path = std::env::temp_dir().join(format!("pgorm-relay-test-{}.conf", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("pgorm-relay-test-{}.conf", std::process::id()));
         std::fs::write(
             &path,
             "# relay\ndatabase-url = postgres://a@b/c\nrule = order.*\nrule = invoice.**\nstream = FROMFILE\nbatch = 50\n",
@@ -209,8 +210,12 @@ mod tests {
             Settings::from_args(&all)
         };
         assert!(with(&[]).unwrap_err().contains("rule"));
-        assert!(with(&["--rule", "a.*", "--batch", "many"]).unwrap_err().contains("batch"));
-        assert!(with(&["--rule", "a.*", "--wat", "1"]).unwrap_err().contains("unknown"));
+        assert!(with(&["--rule", "a.*", "--batch", "many"])
+            .unwrap_err()
+            .contains("batch"));
+        assert!(with(&["--rule", "a.*", "--wat", "1"])
+            .unwrap_err()
+            .contains("unknown"));
         assert!(with(&["--rule", "a.*", "--takeover-secs", "-1"]).is_err());
         assert!(with(&["--rule"]).unwrap_err().contains("needs a value"));
     }

@@ -199,6 +199,10 @@ mod tests {
         assert!(ok.clone().subject_prefix("a.>").validate().is_err());
         assert!(ok.clone().rule("a b").validate().is_err());
         assert!(ok.clone().batch_size(0).validate().is_err());
-        assert!(ok.clone().takeover(Duration::from_millis(10)).validate().is_err());
+        assert!(ok
+            .clone()
+            .takeover(Duration::from_millis(10))
+            .validate()
+            .is_err());
     }
 }

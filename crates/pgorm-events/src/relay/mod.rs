@@ -72,8 +72,8 @@
 //! ```
 
 mod config;
-mod run;
 mod rules;
+mod run;
 mod sql;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -40,7 +40,9 @@ pub(crate) fn rule(pattern: &str) -> Result<Rule, RelayError> {
         let part = match *segment {
             "" => return Err(bad("has an empty segment")),
             "*" => "[A-Za-z0-9_-]+".to_owned(),
-            "**" if position + 1 == segments.len() => "[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*".to_owned(),
+            "**" if position + 1 == segments.len() => {
+                "[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*".to_owned()
+            }
             "**" => return Err(bad("has `**` before its last segment")),
             literal if literal.chars().all(is_subject_char) => literal.to_owned(),
             _ => {

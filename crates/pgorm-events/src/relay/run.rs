@@ -147,9 +147,13 @@ impl Runner {
         let interval = (takeover / 10).as_secs().max(1).to_string();
         let user_timeout = (takeover / 2).as_millis().max(1000).to_string();
         let session: &tokio_postgres_client = &connection;
-        GenericClient::execute(session, &self.sql.keepalive, &[&idle, &interval, &user_timeout])
-            .await
-            .map_err(db)?;
+        GenericClient::execute(
+            session,
+            &self.sql.keepalive,
+            &[&idle, &interval, &user_timeout],
+        )
+        .await
+        .map_err(db)?;
         let key = format!("pgorm-events relay {}", self.schema);
         let row = GenericClient::query_one(session, &self.sql.try_lock, &[&key])
             .await
@@ -220,7 +224,10 @@ impl Runner {
                     .await
                     .map_err(db)?;
                 self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(id = event.id, "event type is not a valid subject; left to the workers");
+                tracing::warn!(
+                    id = event.id,
+                    "event type is not a valid subject; left to the workers"
+                );
                 continue;
             }
             let message = Publish::build()

@@ -49,9 +49,7 @@ impl RelaySql {
                  WHERE relay \
                  ORDER BY id LIMIT $1"
             ),
-            mark_delete: format!(
-                "DELETE FROM {s}.events WHERE relay AND id = ANY($1::int8[])"
-            ),
+            mark_delete: format!("DELETE FROM {s}.events WHERE relay AND id = ANY($1::int8[])"),
             mark_keep: format!(
                 "WITH done AS (\
                    DELETE FROM {s}.events WHERE relay AND id = ANY($1::int8[]) \

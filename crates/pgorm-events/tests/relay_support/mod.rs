@@ -47,7 +47,9 @@ impl Isolated {
         let relay = runtime
             .spawn(async move {
                 let client = PgClient::connect(&url).await.expect("relay client");
-                Relay::start(client, events, config).await.expect("relay start")
+                Relay::start(client, events, config)
+                    .await
+                    .expect("relay start")
             })
             .await
             .expect("relay task");
@@ -129,6 +131,9 @@ pub fn assert_each_once(messages: &[Relayed]) -> HashMap<i64, usize> {
         *seen.entry(message.event_id).or_default() += 1;
     }
     let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "events in the stream more than once: {doubled:?}");
+    assert!(
+        doubled.is_empty(),
+        "events in the stream more than once: {doubled:?}"
+    );
     seen
 }
