@@ -15,9 +15,9 @@ async fn migrate_is_idempotent_versioned_and_safe_when_concurrent() {
     let client = PgClient::connect(&url).await.unwrap();
     let events = Events::new(EventsConfig::new().schema("Odd \"Schema\"")).unwrap();
     let (a, b) = tokio::join!(events.migrate(&client), events.migrate(&client));
-    assert_eq!(a.unwrap(), 1);
-    assert_eq!(b.unwrap(), 1);
-    assert_eq!(events.migrate(&client).await.unwrap(), 1);
+    assert_eq!(a.unwrap(), 2);
+    assert_eq!(b.unwrap(), 2);
+    assert_eq!(events.migrate(&client).await.unwrap(), 2);
     let versions: i64 = client
         .query_one(
             "SELECT count(*) FROM \"Odd \"\"Schema\"\"\".schema_version",
@@ -26,7 +26,7 @@ async fn migrate_is_idempotent_versioned_and_safe_when_concurrent() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2);
     // Autovacuum settings for a high-churn table are part of the schema.
     let options: Vec<String> = client
         .query_one(
@@ -61,7 +61,7 @@ async fn a_newer_schema_version_is_refused() {
             error,
             EventsError::SchemaTooNew {
                 found: 99,
-                known: 1
+                known: 2
             }
         ),
         "{error}"

@@ -6,7 +6,7 @@
 //!
 //! - **Lane at insert.** [`Relay::start`] stores its rules (event-type
 //!   patterns, as in [`Router`](crate::Router)) in the schema's
-//!   `relay_rules` table. An event inserted while a rule matches its type is
+//!   `relay_rules` table. An event published while a rule matches its type is
 //!   put in the relay lane; workers never claim it. Rules apply to events
 //!   published after they are stored; earlier events stay with the workers.
 //! - **No skipped event.** Ids are assigned at insert, not at commit, so a
