@@ -318,3 +318,39 @@ async fn a_long_transaction_elsewhere_does_not_hold_the_relay_back() {
     long.rollback().await.unwrap();
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_events_follow_the_completed_retention() {
+    let nats = NatsServer::spawn().expect("nats-server");
+    let url = TestServer::shared().create_database().await.unwrap();
+    let client = PgClient::connect(&url).await.unwrap();
+    let events = pgorm_events::Events::new(
+        pgorm_events::EventsConfig::new()
+            .schema("relay_keep")
+            .keep_completed(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    events.migrate(&client).await.unwrap();
+    let relay = Relay::start(client.clone(), events.clone(), config(&nats))
+        .await
+        .expect("relay");
+    events
+        .publish(
+            &client,
+            NewEvent::new("order.kept", &json!({"n": 7})).unwrap(),
+        )
+        .await
+        .unwrap();
+    until("relayed", || async { relay.stats().relayed == 1 }).await;
+    let kept: i64 = client
+        .query_one(
+            "SELECT count(*) FROM relay_keep.completed_events WHERE event_type = 'order.kept'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the relayed event is kept like a completed one");
+    assert_eq!(relay_lag(&client, &events).await.unwrap().events, 0);
+    relay.shutdown().await;
+}
