@@ -1,8 +1,9 @@
 //! pgorm's LISTEN/NOTIFY benchmark.
 //!
 //! `cargo run --release --manifest-path crates/pgorm-bench/Cargo.toml -- [--rounds N] [WORKLOAD…]`
-//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `changes`,
-//! and the long `events-soak` and `events-snapshot`, `--duration SECS`)
+//! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `changes`, `relay`,
+//! and the long `events-soak` and `events-snapshot`, `--duration SECS`; `relay` is not in the default set:
+//! it needs `nats-server`, see `relay.rs`)
 //!
 //! `… -- callgrind [--small N] [--large N]` (or `scripts/callgrind`) prints
 //! instructions per notification of each throughput peer under
@@ -26,6 +27,7 @@ mod changes;
 mod events;
 mod measure;
 mod peers;
+mod relay;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -96,6 +98,7 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
         "changes" => changes::RUNS.to_vec(),
         "events-soak" => events::SOAK_RUNS.to_vec(),
         "events-snapshot" => events::SNAPSHOT_RUNS.to_vec(),
+        "relay" => relay::RUNS.to_vec(),
         other => panic!("unknown workload {other}"),
     }
 }
@@ -311,6 +314,7 @@ fn metrics_of(workload: &str) -> Vec<(&'static str, &'static str, bool)> {
         "events" => events::METRICS.to_vec(),
         "changes" => changes::METRICS.to_vec(),
         "events-soak" | "events-snapshot" => events::LONG_METRICS.to_vec(),
+        "relay" => relay::METRICS.to_vec(),
         _ => Vec::new(),
     }
 }
@@ -395,6 +399,7 @@ fn child(workload: &str, run: &str, url: &str) -> Results {
             "reconnect" => reconnect(run, url).await,
             "changes" => changes::run(run, url).await,
             w if w.starts_with("events") => events::run(run, url).await,
+            "relay" => relay::run(run, url).await,
             other => panic!("unknown workload {other}"),
         }
     })

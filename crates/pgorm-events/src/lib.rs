@@ -79,6 +79,9 @@ mod sql;
 mod stats;
 mod worker;
 
+#[cfg(feature = "nats")]
+pub mod relay;
+
 pub use config::{EventsConfig, WorkerConfig, MAX_SCHEMA_LEN};
 pub use error::{EventsError, EventsResult, HandlerError};
 pub use event::{ClaimedEvent, DeadEvent, Event, NewEvent, DEFAULT_MAX_ATTEMPTS};

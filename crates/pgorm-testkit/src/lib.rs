@@ -12,6 +12,8 @@
 //! - [`database_url_or_spawn`]: what examples and the benchmark call: the
 //!   `DATABASE_URL` environment variable when it is set, else a server of
 //!   their own.
+//! - [`NatsServer`]: a throwaway `nats-server` with JetStream on a free
+//!   loopback port, restartable and killable like the PostgreSQL one.
 //!
 //! When no PostgreSQL server binaries are installed, starting a server fails
 //! at once with [`Error::NoBinaries`], which says how to install them.
@@ -19,11 +21,13 @@
 #![warn(missing_docs)]
 
 mod binaries;
+mod nats;
 mod proxy;
 mod server;
 mod tls;
 
 pub use binaries::locate as locate_binaries;
+pub use nats::{locate_nats_server, NatsServer};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use server::{ServerOptions, TestServer, SUPERUSER};
 
@@ -39,6 +43,8 @@ pub enum Error {
     Io(std::io::Error),
     /// The server refused a setup statement.
     Postgres(tokio_postgres::Error),
+    /// No `nats-server` binary was found (for [`NatsServer`]).
+    NoNatsServer(String),
 }
 
 impl std::fmt::Display for Error {
@@ -49,6 +55,12 @@ impl std::fmt::Display for Error {
                 "no PostgreSQL server binaries (initdb, postgres) found: {looked}. \
                  Install them, e.g. `apt-get install -y postgresql` on Debian or Ubuntu, \
                  or point PG_BIN at the directory that holds them"
+            ),
+            Error::NoNatsServer(looked) => write!(
+                f,
+                "no nats-server binary found: {looked}. Install it, e.g. \
+                 `apt-get install -y nats-server` on Debian or Ubuntu, or set NATS_SERVER \
+                 to its path"
             ),
             Error::Setup(message) => write!(f, "test server setup failed: {message}"),
             Error::Io(error) => write!(f, "test server setup failed: {error}"),
@@ -62,7 +74,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io(error) => Some(error),
             Error::Postgres(error) => Some(error),
-            Error::NoBinaries(_) | Error::Setup(_) => None,
+            Error::NoBinaries(_) | Error::Setup(_) | Error::NoNatsServer(_) => None,
         }
     }
 }
