@@ -180,7 +180,7 @@ impl Statements {
         let s = quote_ident(schema);
         let sequence = quote_literal(&format!("{s}.{}", quote_ident("lease_tokens")));
         let channel_literal = quote_literal(channel);
-        // Whether an event of this type goes to the relay lane (migration 2).
+        // Whether an event of this type goes to the relay lane (migration 3).
         let relay_lane = |event_type: &str| {
             format!("EXISTS (SELECT 1 FROM {s}.relay_rules r WHERE {event_type} ~ r.regex)")
         };
