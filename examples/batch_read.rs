@@ -19,12 +19,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = PgListenerConfig::new().channels(["price_ticks"]);
     let mut listener = PgListener::connect_with(&database_url, config).await?;
 
-    // A feed: 10 000 ticks of four symbols, committed in one transaction.
+    // A feed: 10 000 ticks of four symbols, "symbol:price:sequence",
+    // committed in one transaction. (PostgreSQL folds identical
+    // notifications of one transaction into one: the sequence keeps them
+    // apart.)
     let client = PgClient::connect(&database_url).await?;
     client
         .execute(
             "SELECT pg_notify('price_ticks', (ARRAY['ACME','GLOBEX','INITECH','HOOLI'])[1 + n % 4]
-                                             || ':' || (100 + n % 7)::text)
+                                             || ':' || (100 + n % 7)::text || ':' || n::text)
              FROM generate_series(0, 9999) AS n",
             &[],
         )
@@ -44,7 +47,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ListenerEvent::Notification(tick) => {
                     ticks += 1;
                     // In place: `payload()` borrows what the listener read.
-                    let Some((symbol, price)) = tick.payload().split_once(':') else {
+                    let mut fields = tick.payload().split(':');
+                    let (Some(symbol), Some(price)) = (fields.next(), fields.next()) else {
                         continue;
                     };
                     let price: u32 = price.parse()?;
