@@ -25,7 +25,7 @@
 //! ```
 //! use pgorm::changes::{self, Change, ChangeFeed};
 //! use pgorm::model::{FromRow, Model, ModelExt};
-//! use pgorm::PgClient;
+//! use pgorm::{GenericClient, PgClient};
 //!
 //! #[derive(Debug, Clone, PartialEq, FromRow, Model)]
 //! #[orm(table = "prices")]

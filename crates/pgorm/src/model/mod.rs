@@ -33,7 +33,7 @@
 //!
 //! ```
 //! use pgorm::model::{FromRow, Model, ModelExt};
-//! use pgorm::PgClient;
+//! use pgorm::{GenericClient, PgClient};
 //!
 //! #[derive(Debug, Clone, PartialEq, FromRow, Model)]
 //! #[orm(table = "Order Items")]
