@@ -126,7 +126,11 @@ impl Drop for Background {
 
 async fn backlog(
     url: &str,
-    client: &PgClient, events: &Events, config: RelayConfig, js: &jetstream::Context) -> Results {
+    client: &PgClient,
+    events: &Events,
+    config: RelayConfig,
+    js: &jetstream::Context,
+) -> Results {
     // Baseline: the same payloads straight to a stream of their own.
     let base_stream = format!("BENCH_BASE_{}", std::process::id());
     let base_subject = format!("base{}", std::process::id());
@@ -162,7 +166,9 @@ async fn backlog(
     let baseline = BACKLOG as f64 / started.elapsed().as_secs_f64();
     let _ = js.delete_stream(&base_stream).await;
 
-    store_rules(client, events, &["bench.*".to_owned()]).await.expect("rules");
+    store_rules(client, events, &["bench.*".to_owned()])
+        .await
+        .expect("rules");
     for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(5000) {
         let batch = chunk
             .iter()
@@ -236,7 +242,10 @@ async fn latency(
         ticker.tick().await;
         let tx = client.transaction().await.expect("begin");
         let id = events
-            .publish(&tx, NewEvent::new("bench.created", &payload(n)).expect("event"))
+            .publish(
+                &tx,
+                NewEvent::new("bench.created", &payload(n)).expect("event"),
+            )
             .await
             .expect("publish")
             .id()
