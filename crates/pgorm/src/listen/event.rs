@@ -115,7 +115,7 @@ pub struct ListenerStats {
 /// read in the same wake-up, so reading it allocates nothing per
 /// notification. [`to_notification`](Self::to_notification) makes the
 /// public, owned form.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) struct RawNotification {
     pub(crate) process_id: i32,
     pub(crate) received_at: SystemTime,
@@ -202,6 +202,19 @@ impl RawNotification {
         }
     }
 }
+
+/// Equal when the notifications are, as [`PgNotification`]s compare: where
+/// the strings lie in a read's text is no part of it.
+impl PartialEq for RawNotification {
+    fn eq(&self, other: &Self) -> bool {
+        self.process_id == other.process_id
+            && self.received_at == other.received_at
+            && self.channel() == other.channel()
+            && self.payload() == other.payload()
+    }
+}
+
+impl Eq for RawNotification {}
 
 impl std::fmt::Debug for RawNotification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
