@@ -62,6 +62,8 @@ mod hub;
 mod listener;
 mod publish;
 mod queue;
+#[cfg(test)]
+mod review_queue_tests;
 mod router;
 mod session;
 mod sink;
