@@ -56,14 +56,22 @@ fn drain(queue: &Arc<EventQueue>) -> Vec<String> {
 /// Finding 2.
 #[test]
 fn review_f2_drop_oldest_keeps_no_dropped_text_alive() {
-    let queue = Arc::new(EventQueue::new(1, QueuePolicy::DropOldest));
-    let (text, mut read) = one_read(1000);
-    let _ = queue.push_batch(&mut read, Waker::noop());
-    drop(read);
-    assert_eq!(
-        Arc::strong_count(&text),
-        1,
-        "a queue holding one notification pins the text of all 1000"
-    );
-    assert_eq!(drain(&queue), ["L999", "999"]);
+    for capacity in [1usize, 2, 3, 7, 500] {
+        let queue = Arc::new(EventQueue::new(capacity, QueuePolicy::DropOldest));
+        // Some of the read fits (queued as it is), the rest overflows.
+        let (text, mut read) = one_read(1000);
+        let mut first: VecDeque<RawEvent> = read.drain(..capacity / 2).collect();
+        let _ = queue.push_batch(&mut first, Waker::noop());
+        let _ = queue.push_batch(&mut read, Waker::noop());
+        drop(read);
+        assert_eq!(
+            Arc::strong_count(&text),
+            1,
+            "a queue of {capacity} pins the text of all 1000"
+        );
+        let seen = drain(&queue);
+        assert_eq!(seen[0], format!("L{}", 1000 - capacity));
+        assert_eq!(seen.last().map(String::as_str), Some("999"));
+        assert_eq!(seen.len(), capacity + 1);
+    }
 }
