@@ -78,6 +78,10 @@ impl RawNotification {
     /// Moves this notification to a text of its own, so that it keeps no
     /// other notification's text alive.
     pub(crate) fn detach(&mut self) {
+        if std::sync::Arc::strong_count(&self.text) == 1 {
+            // Alone with its text already.
+            return;
+        }
         *self = RawNotification::from_parts(
             self.process_id,
             self.channel(),
