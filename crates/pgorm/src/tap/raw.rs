@@ -78,8 +78,9 @@ impl RawNotification {
     /// Moves this notification to a text of its own, so that it keeps no
     /// other notification's text alive.
     pub(crate) fn detach(&mut self) {
-        if std::sync::Arc::strong_count(&self.text) == 1 {
-            // Alone with its text already.
+        let own = (self.channel.1 - self.channel.0) + (self.payload.1 - self.payload.0);
+        if self.text.len() == own as usize {
+            // Its text holds nothing else already.
             return;
         }
         *self = RawNotification::from_parts(
