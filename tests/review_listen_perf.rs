@@ -216,3 +216,81 @@ async fn review_f1_equal_notifications_of_one_batch_compare_equal_as_views() {
         "views of equal notifications must compare equal, as their owned forms do"
     );
 }
+
+/// Hub counters under a flood of routed and unrouted notifications, read
+/// from another task while the router works: `received == routed +
+/// unrouted` in every snapshot; a subscription that overflows balances and
+/// its `Lagged` markers add up to what it dropped, in order with batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_counters_balance_in_every_snapshot_under_a_flood() {
+    let server = TestServer::shared();
+    let routed_channel = unique("hub_flood_routed");
+    let unrouted_channel = unique("hub_flood_unrouted");
+    let hub = PgNotifyHub::connect(&server.url()).await.expect("hub");
+    let mut subscription = hub
+        .subscribe_with(&routed_channel, 100, QueuePolicy::DropOldest)
+        .await
+        .expect("subscribe");
+    // Listen to the unrouted channel too (a second subscription, dropped at
+    // once, would UNLISTEN it): keep one that never reads.
+    let _idle = hub
+        .subscribe_with(&unrouted_channel, 1, QueuePolicy::DropNewest)
+        .await
+        .expect("subscribe");
+    let watcher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut snapshots = 0u64;
+            loop {
+                let stats = hub.stats();
+                assert_eq!(stats.received, stats.routed + stats.unrouted, "{stats:?}");
+                snapshots += 1;
+                if stats.received >= 4000 {
+                    return snapshots;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let client = raw_client(&server.url()).await;
+    for round in 0..4 {
+        send_numbered(&client, &routed_channel, round * 500, 500).await;
+        send_numbered(&client, &unrouted_channel, round * 500, 500).await;
+    }
+    within("the watcher", watcher).await.expect("watcher");
+    let stats = hub.stats();
+    assert_eq!((stats.received, stats.routed), (4000, 4000), "{stats:?}");
+    let sub = subscription.stats();
+    assert_eq!(sub.received, 2000);
+    assert_eq!(
+        sub.received,
+        sub.delivered + sub.queued as u64 + sub.dropped,
+        "{sub:?}"
+    );
+    // What is queued: gap markers that add up to the drops, then the newest
+    // notifications in order.
+    let mut lagged = 0;
+    let mut last = None;
+    while subscription.stats().queued > 0 {
+        let event = within("a batch", subscription.next_batch())
+            .await
+            .expect("open")
+            .expect("ok");
+        match event {
+            ListenerEvent::Lagged { dropped } => {
+                assert!(last.is_none(), "a gap after the kept notifications");
+                lagged += dropped;
+            }
+            ListenerEvent::Notification(batch) => {
+                for n in batch.iter() {
+                    let number: i32 = n.payload.parse().unwrap();
+                    assert!(last.is_none_or(|last| number == last + 1));
+                    last = Some(number);
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(lagged, sub.dropped);
+    assert_eq!(last, Some(1999));
+}
