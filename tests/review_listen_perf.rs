@@ -294,3 +294,39 @@ async fn hub_counters_balance_in_every_snapshot_under_a_flood() {
     assert_eq!(lagged, sub.dropped);
     assert_eq!(last, Some(1999));
 }
+
+/// Over TLS the tap reads decrypted bytes: 7999-byte multi-byte payloads
+/// straddling its reads arrive intact through `next_batch` too.
+#[tokio::test]
+async fn large_payloads_over_tls_arrive_intact_in_batches() {
+    let (url, tls) = tls_url_and_connector();
+    let client = pgorm::PgClient::connect_with_tls(&url, pgorm::PoolConfig::default(), tls)
+        .await
+        .expect("tls client");
+    let channel = unique("tls_größe");
+    let mut listener = client
+        .listener_with(
+            PgListenerConfig::new()
+                .channels([channel.as_str()])
+                .queue_capacity(10_000),
+        )
+        .await
+        .expect("tls listener");
+    let sender = raw_client(&TestServer::shared().url()).await;
+    let payloads = mixed_payloads(200);
+    send_all(&sender, &channel, &payloads).await;
+    let mut seen = Vec::new();
+    while seen.len() < payloads.len() {
+        let batch = within("a batch", listener.next_batch())
+            .await
+            .expect("open")
+            .expect("no error");
+        for event in batch {
+            match event {
+                ListenerEvent::Notification(n) => seen.push(n.payload().to_owned()),
+                other => panic!("no marker expected: {other:?}"),
+            }
+        }
+    }
+    assert!(seen == payloads, "the payloads differ");
+}
