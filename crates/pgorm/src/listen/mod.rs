@@ -62,6 +62,8 @@ mod hub;
 mod listener;
 mod publish;
 mod queue;
+#[cfg(test)]
+mod review_queue_tests;
 mod router;
 mod session;
 mod sink;
@@ -74,7 +76,6 @@ pub use config::{
     ListenerSession, PgListenerConfig, QueuePolicy, DEFAULT_APPLICATION_NAME,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY,
 };
-pub(crate) use event::RawNotification;
 pub use event::{ListenerEvent, ListenerState, ListenerStats, PgNotification};
 pub use fanout::NotificationBatch;
 pub use handler::{HandlerGuard, HandlerOptions, HandlerStats};

@@ -483,6 +483,11 @@ impl QueueState {
             push_marker(&mut self.items, ListenerEvent::Lagged { dropped: 1 });
         } else {
             self.drop_oldest();
+            // Its read's earlier notifications may be dropped later, after
+            // the queued ones were detached: it gets a text of its own now
+            // (a copy, on the drop path only).
+            let mut notification = notification;
+            notification.detach();
             self.items
                 .push_back(ListenerEvent::Notification(notification));
         }
@@ -490,11 +495,27 @@ impl QueueState {
     }
 
     /// Removes the oldest notification and records the gap where it was.
+    /// As for `DropNewest`, the queued notifications of the same read must
+    /// not keep its text alive: they are detached.
     fn drop_oldest(&mut self) {
         let Some(index) = first_notification(&self.items) else {
             return;
         };
-        self.items.remove(index);
+        let removed = match self.items.remove(index) {
+            Some(ListenerEvent::Notification(removed)) => Some(removed),
+            _ => None,
+        };
+        if let Some(removed) = &removed {
+            for item in self.items.range_mut(index..) {
+                match item {
+                    ListenerEvent::Notification(kept) if kept.shares_text(removed) => {
+                        kept.detach();
+                    }
+                    ListenerEvent::Notification(_) => break,
+                    _ => {}
+                }
+            }
+        }
         mark_gap(&mut self.items, index, 1);
         merge_markers_at_front(&mut self.items);
     }

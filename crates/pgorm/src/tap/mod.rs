@@ -39,7 +39,8 @@ use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
-use crate::listen::RawNotification;
+mod raw;
+pub(crate) use raw::RawNotification;
 
 /// Where a [`TapStream`] leaves the notifications it lifts out, until the
 /// driver takes them (after each poll of the connection).
