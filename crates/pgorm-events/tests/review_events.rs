@@ -1,0 +1,192 @@
+//! Hostile review (r2) of the debounced wake-ups, the claim cursor and the
+//! migrations: each test is marked with its finding number.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgorm::{GenericClient, PgClient};
+use pgorm_events::{EventWorkers, Events, EventsConfig, NewEvent, Router, WorkerConfig};
+use serde_json::json;
+use support::*;
+
+/// A router that records the id of every "n" event it handles.
+fn recording() -> (Router, Arc<Mutex<HashSet<i64>>>) {
+    let seen: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let counted = seen.clone();
+    let router = Router::new().on("n", move |event| {
+        let counted = counted.clone();
+        async move {
+            counted.lock().unwrap().insert(event.id);
+            Ok(())
+        }
+    });
+    (router, seen)
+}
+
+/// Waits up to `limit` for `ids` to be handled; returns how many were.
+async fn handled_within(seen: &Mutex<HashSet<i64>>, ids: &[i64], limit: Duration) -> usize {
+    let started = Instant::now();
+    loop {
+        let done = {
+            let seen = seen.lock().unwrap();
+            ids.iter().filter(|id| seen.contains(id)).count()
+        };
+        if done == ids.len() || started.elapsed() > limit {
+            return done;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn publish_one(events: &Events, client: &impl GenericClient, priority: i16) -> i64 {
+    events
+        .publish(
+            client,
+            NewEvent::new("n", &json!({})).unwrap().priority(priority),
+        )
+        .await
+        .unwrap()
+        .id()
+        .unwrap()
+}
+
+// Finding 1: the debounce lock is a transaction-level advisory lock taken by
+// a *deferred* trigger. `SET CONSTRAINTS ALL IMMEDIATE` (a common idiom to
+// check deferred foreign keys early) fires that trigger mid-transaction, so
+// the lock is then held for the rest of that transaction, and every other
+// transaction's wake-up on the schema is dropped for as long as it runs.
+// docs/en/events.md: "A long transaction does not hold the lock while it
+// runs, only while it commits." Events then wait for the poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding1_an_early_constraint_check_does_not_silence_other_publishers() {
+    let (url, client, events) = setup_schema("r2_wake").await;
+    let (router, seen) = recording();
+    // A long poll: only a wake-up starts an event promptly.
+    let config = WorkerConfig::new().poll_interval(Duration::from_secs(60));
+    let workers = EventWorkers::start(client.clone(), events.clone(), router, config)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Control: a plain publish is woken for.
+    let control = publish_one(&events, &client, 0).await;
+    assert_eq!(
+        handled_within(&seen, &[control], Duration::from_secs(10)).await,
+        1,
+        "wake-ups do not work at all"
+    );
+
+    // Another session publishes and checks its constraints early, then
+    // goes on with its (long) work.
+    let other = PgClient::connect(&url).await.unwrap();
+    let long = other.transaction().await.unwrap();
+    publish_one(&events, &long, 0).await;
+    long.execute("SET CONSTRAINTS ALL IMMEDIATE", &[])
+        .await
+        .unwrap();
+
+    // Meanwhile ordinary committed events get no wake-up.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(publish_one(&events, &client, 0).await);
+    }
+    let done = handled_within(&seen, &ids, Duration::from_secs(10)).await;
+    long.rollback().await.unwrap();
+    workers.shutdown().await.unwrap();
+    assert_eq!(
+        done,
+        ids.len(),
+        "committed events were not woken for while another transaction ran \
+         after SET CONSTRAINTS ALL IMMEDIATE (they wait for the 60 s poll)"
+    );
+}
+
+// Finding 2: the claim cursor only ever moves forward in claim order
+// (priority first). Once a pool in cursor mode (slow sweeps: dead index
+// entries under a held snapshot) claims an event of priority 5, every later
+// event of priority 0 sorts before the cursor for the rest of the pool's
+// life: only sweeps take them, and a sweep runs only when the coordinator
+// happens to loop a second after the last one (the poll, in an idle pool),
+// max_batch events at a time. docs/en/events.md: such an event "waits for
+// the next sweep, at most about a second".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding2_more_urgent_events_after_a_low_priority_claim_are_not_throttled() {
+    let (url, client, events) = setup_schema("r2_cursor").await;
+    // A snapshot held open for the whole test keeps dead index entries.
+    let holder = PgClient::connect(&url).await.unwrap();
+    let snapshot = holder.transaction().await.unwrap();
+    snapshot
+        .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", &[])
+        .await
+        .unwrap();
+    snapshot
+        .query_one("SELECT count(*) FROM pg_class", &[])
+        .await
+        .unwrap();
+    // 50,000 dead entries at the head of the due index: sweeps are slow.
+    client
+        .execute(
+            "INSERT INTO r2_cursor.events (event_type, payload) \
+             SELECT 'gone', '{}' FROM generate_series(1, 50000)",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute("DELETE FROM r2_cursor.events WHERE event_type = 'gone'", &[])
+        .await
+        .unwrap();
+
+    let (router, seen) = recording();
+    let config = WorkerConfig::new()
+        .concurrency(20)
+        .max_batch(20)
+        .poll_interval(Duration::from_secs(5));
+    let workers = EventWorkers::start(client.clone(), events.clone(), router, config)
+        .await
+        .unwrap();
+    // One low-urgency event: the pool's cursor moves to priority 5.
+    let low = publish_one(&events, &client, 5).await;
+    assert_eq!(
+        handled_within(&seen, &[low], Duration::from_secs(10)).await,
+        1
+    );
+    // Then a burst of normal (more urgent) events.
+    let batch = (0..200)
+        .map(|i| NewEvent::new("n", &json!({ "i": i })).unwrap())
+        .collect();
+    let published = events.publish_batch(&client, batch).await.unwrap();
+    let ids: Vec<i64> = published.inserted;
+    assert_eq!(ids.len(), 200);
+    let done = handled_within(&seen, &ids, Duration::from_secs(20)).await;
+    workers.shutdown().await.unwrap();
+    snapshot.commit().await.unwrap();
+    assert_eq!(
+        done, 200,
+        "only {done} of 200 priority-0 events ran within 20 s after a priority-5 claim"
+    );
+}
+
+// Finding 3: the migrations fill in `{s}`, then `{channel}`, then
+// `{wake_lock_class}` one after the other, so a schema name that contains a
+// placeholder is rewritten inside the already quoted identifier: the
+// migration targets another schema, and a `"` in the name then escapes the
+// identifier's quotes (the channel literal does not double it). The name
+// passes `EventsConfig` validation (only NUL and `$` are refused).
+#[tokio::test]
+async fn finding3_a_schema_name_with_braces_migrates_and_publishes() {
+    let url = TestServer::shared().create_database().await.unwrap();
+    let client = PgClient::connect(&url).await.unwrap();
+    for schema in ["a{channel}b", "x{channel}\"y", "{wake_lock_class}"] {
+        let events = Events::new(EventsConfig::new().schema(schema)).unwrap();
+        let migrated = events.migrate(&client).await;
+        assert!(migrated.is_ok(), "schema {schema:?}: {migrated:?}");
+        events
+            .publish(&client, NewEvent::new("n", &json!({})).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(events.stats(&client).await.unwrap().depth, 1, "{schema:?}");
+    }
+}
