@@ -4,11 +4,14 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgorm::{GenericClient, PgClient};
-use pgorm_events::{EventWorkers, Events, EventsConfig, NewEvent, Router, WorkerConfig};
+use pgorm_events::{
+    Claim, EventHooks, EventWorkers, Events, EventsConfig, NewEvent, Router, WorkerConfig,
+};
 use serde_json::json;
 use support::*;
 
@@ -125,11 +128,12 @@ async fn finding2_more_urgent_events_after_a_low_priority_claim_are_not_throttle
         .query_one("SELECT count(*) FROM pg_class", &[])
         .await
         .unwrap();
-    // 50,000 dead entries at the head of the due index: sweeps are slow.
+    // 300,000 dead entries at the head of the due index: sweeps stay slow
+    // (over 10 ms) even once their hint bits are set.
     client
         .execute(
             "INSERT INTO r2_cursor.events (event_type, payload) \
-             SELECT 'gone', '{}' FROM generate_series(1, 50000)",
+             SELECT 'gone', '{}' FROM generate_series(1, 300000)",
             &[],
         )
         .await
@@ -140,10 +144,12 @@ async fn finding2_more_urgent_events_after_a_low_priority_claim_are_not_throttle
         .unwrap();
 
     let (router, seen) = recording();
+    let empty = Arc::new(AtomicU64::new(0));
     let config = WorkerConfig::new()
         .concurrency(20)
         .max_batch(20)
-        .poll_interval(Duration::from_secs(5));
+        .poll_interval(Duration::from_secs(5))
+        .hooks(CountEmpty(empty.clone()));
     let workers = EventWorkers::start(client.clone(), events.clone(), router, config)
         .await
         .unwrap();
@@ -154,18 +160,28 @@ async fn finding2_more_urgent_events_after_a_low_priority_claim_are_not_throttle
         1
     );
     // Then a burst of normal (more urgent) events.
-    let batch = (0..200)
+    let empty_before = empty.load(Ordering::Relaxed);
+    let batch = (0..600)
         .map(|i| NewEvent::new("n", &json!({ "i": i })).unwrap())
         .collect();
     let published = events.publish_batch(&client, batch).await.unwrap();
     let ids: Vec<i64> = published.inserted;
-    assert_eq!(ids.len(), 200);
+    assert_eq!(ids.len(), 600);
     let done = handled_within(&seen, &ids, Duration::from_secs(20)).await;
+    let empty_claims = empty.load(Ordering::Relaxed) - empty_before;
     workers.shutdown().await.unwrap();
     snapshot.commit().await.unwrap();
     assert_eq!(
-        done, 200,
-        "only {done} of 200 priority-0 events ran within 20 s after a priority-5 claim"
+        done, 600,
+        "only {done} of 600 priority-0 events ran within 20 s after a priority-5 claim \
+         ({empty_claims} claims came back empty meanwhile)"
+    );
+    // Finding 2b: meanwhile next_due_from (any priority, run_at after the
+    // cursor's) reports those events as due now, so the coordinator spins
+    // on empty claims every millisecond until the next sweep.
+    assert!(
+        empty_claims < 100,
+        "{empty_claims} empty claims while 600 due events waited"
     );
 }
 
@@ -188,5 +204,16 @@ async fn finding3_a_schema_name_with_braces_migrates_and_publishes() {
             .await
             .unwrap();
         assert_eq!(events.stats(&client).await.unwrap().depth, 1, "{schema:?}");
+    }
+}
+
+/// Counts the claim statements that came back empty.
+struct CountEmpty(Arc<AtomicU64>);
+
+impl EventHooks for CountEmpty {
+    fn on_claim(&self, claim: &Claim) {
+        if claim.claimed == 0 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
