@@ -257,7 +257,7 @@ impl Statements {
             ),
             next_due_from: format!(
                 "SELECT EXTRACT(EPOCH FROM (\
-                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL AND NOT relay AND run_at > $1 \
+                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL AND NOT relay AND run_at > greatest($1, now()) \
                     ORDER BY run_at LIMIT 1) - clock_timestamp()))::float8"
             ),
             next_due: format!(
