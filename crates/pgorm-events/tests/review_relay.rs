@@ -62,3 +62,55 @@ async fn finding5_two_databases_relaying_into_one_stream_lose_no_event() {
          relay stats {stats:?}"
     );
 }
+
+// Finding 6: an event too large for the NATS server (max_payload, 1 MB by
+// default; a jsonb payload can be far larger) fails its publish on every
+// round. The relay retries the same batch, head first in id order, forever:
+// every later relay-lane event is stuck behind it, with only `errors`
+// growing. The docs promise an event the relay cannot publish goes back to
+// the workers with its reason (for a bad subject) and "no head-of-line
+// blocking".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding6_one_oversized_event_does_not_stop_the_relay() {
+    let nats = NatsServer::spawn().expect("nats-server");
+    let js = jetstream(&nats).await;
+    let url = TestServer::shared().create_database().await.unwrap();
+    let client = PgClient::connect(&url).await.unwrap();
+    let events = Events::new(EventsConfig::new()).unwrap();
+    events.migrate(&client).await.unwrap();
+    let relay = Relay::start(client.clone(), events.clone(), config(&nats))
+        .await
+        .unwrap();
+    let big = "x".repeat(2 * 1024 * 1024);
+    events
+        .publish(
+            &client,
+            NewEvent::new("order.big", &json!({ "big": big })).unwrap(),
+        )
+        .await
+        .unwrap();
+    events
+        .publish(
+            &client,
+            NewEvent::new("order.small", &json!({ "small": true })).unwrap(),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut relayed = 0;
+    while started.elapsed() < std::time::Duration::from_secs(15) {
+        relayed = stream_len(&js).await;
+        if relayed >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stats = relay.stats();
+    let lag = relay_lag(&client, &events).await.unwrap();
+    relay.shutdown().await;
+    assert_eq!(
+        relayed, 1,
+        "the small event behind an oversized one was not relayed within 15 s; \
+         lag {lag:?}, stats {stats:?}"
+    );
+}
