@@ -148,8 +148,9 @@ pub struct RelayStats {
     pub takeovers: u64,
     /// Failed rounds (publish, mark or lock errors), each retried.
     pub errors: u64,
-    /// Events that matched a rule but cannot be a subject (a rule written
-    /// by hand), handed back to the workers with an error.
+    /// Events that matched a rule but cannot be published (a type that is
+    /// no subject, from a rule written by hand, or a payload over the NATS
+    /// server's `max_payload`), handed back to the workers with an error.
     pub rejected: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
