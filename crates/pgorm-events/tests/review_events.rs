@@ -139,7 +139,10 @@ async fn finding2_more_urgent_events_after_a_low_priority_claim_are_not_throttle
         .await
         .unwrap();
     client
-        .execute("DELETE FROM r2_cursor.events WHERE event_type = 'gone'", &[])
+        .execute(
+            "DELETE FROM r2_cursor.events WHERE event_type = 'gone'",
+            &[],
+        )
         .await
         .unwrap();
 
