@@ -4,8 +4,8 @@
 mod relay_support;
 mod support;
 
-use pgorm::PgClient;
-use pgorm_events::relay::{relay_lag, Relay};
+use pgorm::{GenericClient, PgClient};
+use pgorm_events::relay::{relay_lag, store_rules, Relay};
 use pgorm_events::{Events, EventsConfig, NewEvent};
 use relay_support::*;
 use serde_json::json;
@@ -113,4 +113,64 @@ async fn finding6_one_oversized_event_does_not_stop_the_relay() {
         "the small event behind an oversized one was not relayed within 15 s; \
          lag {lag:?}, stats {stats:?}"
     );
+}
+
+// Finding 7: relay-lane events still fire the wake-up trigger: each such
+// commit NOTIFYs (taking the cluster-wide notify lock the relay page names
+// as the first reason to move to the relay) and wakes every worker pool of
+// the schema for a claim that can find nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding7_relay_lane_events_send_no_worker_wake_up() {
+    use pgorm::tokio_postgres::{connect, AsyncMessage, NoTls};
+    let url = TestServer::shared().create_database().await.unwrap();
+    let client = PgClient::connect(&url).await.unwrap();
+    let events = Events::new(EventsConfig::new()).unwrap();
+    events.migrate(&client).await.unwrap();
+    store_rules(&client, &events, &["order.**".to_owned()])
+        .await
+        .unwrap();
+
+    let (listener, mut connection) = connect(&url, NoTls).await.unwrap();
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) =
+            std::future::poll_fn(|cx| connection.poll_message(cx)).await
+        {
+            if let Ok(AsyncMessage::Notification(note)) = message {
+                let _ = sender.send(note.channel().to_owned());
+            }
+        }
+    });
+    let channel = EventsConfig::new().wakeup_channel();
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .await
+        .unwrap();
+
+    // A relay-lane event, then a worker-lane one, each committed alone:
+    // notifications arrive in commit order.
+    events
+        .publish(&client, NewEvent::new("order.created", &json!({})).unwrap())
+        .await
+        .unwrap();
+    events
+        .publish(&client, NewEvent::new("n", &json!({})).unwrap())
+        .await
+        .unwrap();
+    let lane: Vec<bool> = client
+        .query("SELECT relay FROM pgorm_events.events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(lane, [true, false]);
+    within("the worker-lane wake-up", received.recv()).await.unwrap();
+    // The wake-up for the worker event has arrived; was there another one?
+    listener.batch_execute("SELECT 1").await.unwrap();
+    let mut wake_ups = 1;
+    while received.try_recv().is_ok() {
+        wake_ups += 1;
+    }
+    assert_eq!(wake_ups, 1, "a relay-lane commit woke the workers");
 }
