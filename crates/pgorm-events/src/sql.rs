@@ -126,6 +126,11 @@ CREATE INDEX events_due ON {s}.events (priority, run_at, id)
 DROP INDEX {s}.events_next_run;
 CREATE INDEX events_next_run ON {s}.events (run_at) WHERE lease_token IS NULL AND NOT relay;
 CREATE INDEX events_relay ON {s}.events (id) WHERE relay;
+-- Relay-lane events wake no worker (and take no notify lock at commit).
+DROP TRIGGER wake ON {s}.events;
+CREATE CONSTRAINT TRIGGER wake AFTER INSERT ON {s}.events
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NOT NEW.relay) EXECUTE FUNCTION {s}.wake();
 "#,
 ];
 
