@@ -220,3 +220,57 @@ impl EventHooks for CountEmpty {
         }
     }
 }
+
+// Finding 8: `migrate` takes its advisory lock inside the DO block, but
+// under REPEATABLE READ (a caller's transaction, or a database whose
+// default_transaction_isolation is 'repeatable read') the statement's
+// snapshot is taken before the lock wait. A second migrate that waited for
+// a first one then reads version 0 from that stale snapshot and re-runs
+// migration 1: "relation already exists" instead of the documented "two
+// processes starting at once are safe".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding8_concurrent_migrations_are_safe_under_repeatable_read() {
+    let url = TestServer::shared().create_database().await.unwrap();
+    let admin = PgClient::connect(&url).await.unwrap();
+    let database: String = admin
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .execute(
+            &format!(
+                "ALTER DATABASE \"{database}\" SET default_transaction_isolation = 'repeatable read'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let first = PgClient::connect(&url).await.unwrap();
+    let second = PgClient::connect(&url).await.unwrap();
+    let events = Events::new(EventsConfig::new().schema("r2_rr")).unwrap();
+    let tx = first.transaction().await.unwrap();
+    events.migrate(&tx).await.unwrap();
+    let waiting = tokio::spawn({
+        let events = events.clone();
+        async move { events.migrate(&second).await }
+    });
+    until("the second migrate waits for the lock", || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        }
+    })
+    .await;
+    tx.commit().await.unwrap();
+    let result = within("the second migrate", waiting).await.unwrap();
+    assert!(matches!(result, Ok(3)), "{result:?}");
+}

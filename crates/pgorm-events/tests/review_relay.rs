@@ -133,9 +133,7 @@ async fn finding7_relay_lane_events_send_no_worker_wake_up() {
     let (listener, mut connection) = connect(&url, NoTls).await.unwrap();
     let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(message) =
-            std::future::poll_fn(|cx| connection.poll_message(cx)).await
-        {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             if let Ok(AsyncMessage::Notification(note)) = message {
                 let _ = sender.send(note.channel().to_owned());
             }
@@ -165,7 +163,9 @@ async fn finding7_relay_lane_events_send_no_worker_wake_up() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(lane, [true, false]);
-    within("the worker-lane wake-up", received.recv()).await.unwrap();
+    within("the worker-lane wake-up", received.recv())
+        .await
+        .unwrap();
     // The wake-up for the worker event has arrived; was there another one?
     listener.batch_execute("SELECT 1").await.unwrap();
     let mut wake_ups = 1;
