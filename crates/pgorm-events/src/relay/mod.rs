@@ -17,7 +17,9 @@
 //!   horizon, so a long transaction elsewhere in the cluster does not hold
 //!   the relay back.
 //! - **Exactly once in the stream.** Each event is published with the
-//!   JetStream message id `<schema>:<event id>`, pipelined (a whole batch of
+//!   JetStream message id `<database>:<schema>:<event id>` (the database as
+//!   the cluster's system identifier and the database's OID, so that
+//!   databases relaying into one stream never share an id), pipelined (a whole batch of
 //!   acks in flight), and the batch is marked relayed (deleted, or moved to
 //!   `completed_events` under [`EventsConfig::keep_completed`](crate::EventsConfig::keep_completed))
 //!   in one statement only after every ack arrived. A crash in between

@@ -26,6 +26,9 @@ pub(super) struct Runner {
     config: RelayConfig,
     jetstream: jetstream::Context,
     nats: async_nats::Client,
+    /// The events' database (see `RelaySql::source`), read once it is
+    /// reachable: part of every message id.
+    source: Option<String>,
     shared: Arc<Shared>,
     stopped: watch::Receiver<bool>,
 }
@@ -57,6 +60,7 @@ impl Runner {
             config,
             jetstream,
             nats,
+            source: None,
             shared,
             stopped,
         }
@@ -172,6 +176,14 @@ impl Runner {
         let check_every = self.config.takeover / 4;
         let mut checked = Instant::now();
         let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
+        if self.source.is_none() {
+            let row = self
+                .client
+                .query_one(&self.sql.source, &[])
+                .await
+                .map_err(db)?;
+            self.source = Some(row.get(0));
+        }
         while !self.stopping() {
             if checked.elapsed() >= check_every {
                 match tokio::time::timeout(check_every, lock.simple_query("SELECT 1")).await {
@@ -243,7 +255,12 @@ impl Runner {
             }
             let message = Publish::build()
                 .payload(event.payload.clone().into_bytes().into())
-                .message_id(format!("{}:{}", self.schema, event.id))
+                .message_id(format!(
+                    "{}:{}:{}",
+                    self.source.as_deref().unwrap_or_default(),
+                    self.schema,
+                    event.id
+                ))
                 .header("Pgorm-Event-Id", event.id.to_string().as_str())
                 .header("Pgorm-Event-Type", event.event_type.as_str());
             let ack = self
