@@ -126,6 +126,11 @@ CREATE INDEX events_due ON {s}.events (priority, run_at, id)
 DROP INDEX {s}.events_next_run;
 CREATE INDEX events_next_run ON {s}.events (run_at) WHERE lease_token IS NULL AND NOT relay;
 CREATE INDEX events_relay ON {s}.events (id) WHERE relay;
+-- Relay-lane events wake no worker (and take no notify lock at commit).
+DROP TRIGGER wake ON {s}.events;
+CREATE CONSTRAINT TRIGGER wake AFTER INSERT ON {s}.events
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NOT NEW.relay) EXECUTE FUNCTION {s}.wake();
 "#,
 ];
 
@@ -257,7 +262,7 @@ impl Statements {
             ),
             next_due_from: format!(
                 "SELECT EXTRACT(EPOCH FROM (\
-                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL AND NOT relay AND run_at > $1 \
+                   (SELECT run_at FROM {s}.events WHERE lease_token IS NULL AND NOT relay AND run_at > greatest($1, now()) \
                     ORDER BY run_at LIMIT 1) - clock_timestamp()))::float8"
             ),
             next_due: format!(
@@ -391,14 +396,38 @@ impl Statements {
             .map(|(index, sql)| (index as i32 + 1, sql))
             .filter(|(number, _)| *number > version)
             .map(|(number, sql)| {
-                let sql = sql
-                    .replace("{s}", &self.schema)
-                    .replace("{channel}", &self.channel_literal)
-                    .replace("{wake_lock_class}", &WAKE_LOCK_CLASS.to_string());
-                (number, sql)
+                let class = WAKE_LOCK_CLASS.to_string();
+                let values = [
+                    ("{s}", self.schema.as_str()),
+                    ("{channel}", self.channel_literal.as_str()),
+                    ("{wake_lock_class}", class.as_str()),
+                ];
+                (number, fill(sql, &values))
             })
             .collect()
     }
+}
+
+/// Replaces the placeholders of `template` in one pass: text filled in (a
+/// schema name holding `{channel}`, say) is never scanned again.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    'scan: while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        for (key, value) in values {
+            if let Some(after) = rest.strip_prefix(key) {
+                out.push_str(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        out.push('{');
+        rest = &rest[1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -424,5 +453,13 @@ mod tests {
             assert!(!sql.contains("{wake_lock_class}"));
         }
         assert!(statements.migrations_after(LATEST_VERSION).is_empty());
+    }
+
+    #[test]
+    fn filled_in_text_is_not_filled_in_again() {
+        let statements = Statements::new("a{channel}\"b", "pgorm_events.a{channel}\"b");
+        let first = &statements.migrations_after(0)[0].1;
+        assert!(first.contains("CREATE TABLE \"a{channel}\"\"b\".events ("));
+        assert!(first.contains("'pgorm_events.a{channel}\"b'"));
     }
 }

@@ -354,6 +354,14 @@ struct ClaimPlan {
 }
 
 impl ClaimPlan {
+    /// While claims start at the cursor, the time left to the next sweep
+    /// (so that an event behind the cursor waits at most that long).
+    fn until_sweep(&self) -> Option<Duration> {
+        self.cursor()?;
+        let since = self.last_sweep?.elapsed();
+        Some(SWEEP_EVERY.saturating_sub(since))
+    }
+
     /// The cursor the next claim starts at, or `None` for a sweep.
     fn cursor(&self) -> Option<ClaimCursor> {
         let recent = self.last_sweep.is_some_and(|at| at.elapsed() < SWEEP_EVERY);
@@ -368,6 +376,11 @@ impl ClaimPlan {
         if swept {
             self.last_sweep = Some(Instant::now());
             self.sweeps_slow = took > SLOW_SWEEP;
+            // A sweep starts at the head: whatever it claimed is where the
+            // backlog is now, even if that sorts before the old cursor (a
+            // more urgent priority). Keeping the old cursor would leave
+            // such events to sweeps alone, max_batch per sweep.
+            self.cursor = None;
         }
         let newest = claimed
             .iter()
@@ -433,6 +446,9 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     match due {
                         Ok(due) => next_due = due,
                         Err(error) => database_error(&shared, "next due", &error),
+                    }
+                    if let Some(wait) = plan.until_sweep() {
+                        next_due = Some(next_due.map_or(wait, |due| due.min(wait)));
                     }
                     if shared.notified.swap(false, Ordering::Relaxed) {
                         next_due = Some(next_due.map_or(FOLLOW_UP, |due| due.min(FOLLOW_UP)));

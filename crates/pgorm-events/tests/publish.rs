@@ -94,7 +94,7 @@ async fn a_newer_schema_version_is_refused() {
             error,
             EventsError::SchemaTooNew {
                 found: 99,
-                known: 2
+                known: 3
             }
         ),
         "{error}"

@@ -17,7 +17,9 @@
 //!   horizon, so a long transaction elsewhere in the cluster does not hold
 //!   the relay back.
 //! - **Exactly once in the stream.** Each event is published with the
-//!   JetStream message id `<schema>:<event id>`, pipelined (a whole batch of
+//!   JetStream message id `<database>:<schema>:<event id>` (the database as
+//!   the cluster's system identifier and the database's OID, so that
+//!   databases relaying into one stream never share an id), pipelined (a whole batch of
 //!   acks in flight), and the batch is marked relayed (deleted, or moved to
 //!   `completed_events` under [`EventsConfig::keep_completed`](crate::EventsConfig::keep_completed))
 //!   in one statement only after every ack arrived. A crash in between
@@ -148,8 +150,9 @@ pub struct RelayStats {
     pub takeovers: u64,
     /// Failed rounds (publish, mark or lock errors), each retried.
     pub errors: u64,
-    /// Events that matched a rule but cannot be a subject (a rule written
-    /// by hand), handed back to the workers with an error.
+    /// Events that matched a rule but cannot be published (a type that is
+    /// no subject, from a rule written by hand, or a payload over the NATS
+    /// server's `max_payload`), handed back to the workers with an error.
     pub rejected: u64,
     /// The last error, if any.
     pub last_error: Option<String>,

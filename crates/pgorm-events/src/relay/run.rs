@@ -25,6 +25,10 @@ pub(super) struct Runner {
     sql: RelaySql,
     config: RelayConfig,
     jetstream: jetstream::Context,
+    nats: async_nats::Client,
+    /// The events' database (see `RelaySql::source`), read once it is
+    /// reachable: part of every message id.
+    source: Option<String>,
     shared: Arc<Shared>,
     stopped: watch::Receiver<bool>,
 }
@@ -45,7 +49,7 @@ impl Runner {
         shared: Arc<Shared>,
         stopped: watch::Receiver<bool>,
     ) -> Runner {
-        let mut jetstream = jetstream::new(nats);
+        let mut jetstream = jetstream::new(nats.clone());
         jetstream.set_timeout(config.ack_timeout);
         let schema = events.config().schema_name().to_owned();
         Runner {
@@ -55,6 +59,8 @@ impl Runner {
             schema,
             config,
             jetstream,
+            nats,
+            source: None,
             shared,
             stopped,
         }
@@ -170,6 +176,14 @@ impl Runner {
         let check_every = self.config.takeover / 4;
         let mut checked = Instant::now();
         let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
+        if self.source.is_none() {
+            let row = self
+                .client
+                .query_one(&self.sql.source, &[])
+                .await
+                .map_err(db)?;
+            self.source = Some(row.get(0));
+        }
         while !self.stopping() {
             if checked.elapsed() >= check_every {
                 match tokio::time::timeout(check_every, lock.simple_query("SELECT 1")).await {
@@ -214,25 +228,39 @@ impl Runner {
     async fn publish(&self, batch: &[Pending]) -> Result<Vec<i64>, RelayError> {
         let mut acks = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
+        // The server refuses (and drops the connection for) a message over
+        // its max_payload; 0 while the size is not known yet.
+        let max_payload = self.nats.server_info().max_payload;
         for event in batch {
-            if !is_subject_tail(&event.event_type) {
-                // Only a hand-written rule lets such a type into the lane:
-                // hand it back to the workers, visible with the reason.
-                let reason = "the relay cannot publish this event type as a NATS subject";
+            // Only a hand-written rule lets a type that is no subject into
+            // the lane; a payload too big for the server would fail every
+            // round and hold up every later event. Either goes back to the
+            // workers, visible with the reason.
+            let size = event.payload.len() + event.event_type.len() + self.schema.len() + 256;
+            let reason = if !is_subject_tail(&event.event_type) {
+                Some("the relay cannot publish this event type as a NATS subject")
+            } else if max_payload > 0 && size > max_payload {
+                Some("the payload is larger than the NATS server's max_payload")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
                 self.client
                     .execute(&self.sql.unlane, &[&event.id, &reason])
                     .await
                     .map_err(db)?;
                 self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    id = event.id,
-                    "event type is not a valid subject; left to the workers"
-                );
+                tracing::warn!(id = event.id, reason, "event left to the workers");
                 continue;
             }
             let message = Publish::build()
                 .payload(event.payload.clone().into_bytes().into())
-                .message_id(format!("{}:{}", self.schema, event.id))
+                .message_id(format!(
+                    "{}:{}:{}",
+                    self.source.as_deref().unwrap_or_default(),
+                    self.schema,
+                    event.id
+                ))
                 .header("Pgorm-Event-Id", event.id.to_string().as_str())
                 .header("Pgorm-Event-Type", event.event_type.as_str());
             let ack = self

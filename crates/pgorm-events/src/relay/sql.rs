@@ -14,6 +14,7 @@ pub(crate) struct RelaySql {
     pub mark_keep: String,
     pub lag: String,
     pub unlane: String,
+    pub source: String,
 }
 
 impl RelaySql {
@@ -62,6 +63,13 @@ impl RelaySql {
                  COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8 \
                  FROM {s}.events WHERE relay"
             ),
+            // The database the events come from, for the message ids: the
+            // cluster's system identifier (the same on its physical
+            // replicas, so a failover keeps deduplicating) and the
+            // database's OID.
+            source: "SELECT (SELECT system_identifier FROM pg_control_system())::text \
+                 || '.' || (SELECT oid FROM pg_database WHERE datname = current_database())::text"
+                .to_owned(),
             unlane: format!(
                 "UPDATE {s}.events SET relay = false, last_error = $2 WHERE id = $1 AND relay"
             ),
