@@ -1,0 +1,223 @@
+//! Hostile review (r3) of the change feeds: each test proves one finding
+//! against the real server; the finding's number is in its comment.
+
+mod support;
+
+use std::time::Duration;
+
+use pgorm::changes::{self, Change, ChangeFeed};
+use pgorm::listen::{PgListenerConfig, PgNotifyHub};
+use pgorm::model::{FromRow, Model, ModelExt};
+use pgorm::{GenericClient, PgClient};
+use support::*;
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "items")]
+struct Item {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+async fn connect(sql: &str) -> (String, PgClient, PgNotifyHub) {
+    let url = fresh_database().await;
+    let client = within("connect", PgClient::connect(&url)).await.unwrap();
+    for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+        client.execute(statement, &[]).await.unwrap();
+    }
+    let config = PgListenerConfig::new()
+        .application_name(&unique("review_changes"))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let hub = within("hub", PgNotifyHub::connect_with(&url, config))
+        .await
+        .unwrap();
+    (url, client, hub)
+}
+
+async fn next_change<M: Model, C: GenericClient>(feed: &mut ChangeFeed<M, C>) -> Change<M> {
+    within("the next change", feed.next())
+        .await
+        .expect("the feed ended")
+        .expect("the feed failed")
+}
+
+/// Finding 1: TRUNCATE has no trigger, so a feed never hears that every
+/// row is gone; a cache built from it keeps the rows for ever. Nothing
+/// signals the loss (no Deleted, no Resync).
+#[tokio::test]
+async fn review_1_truncate_is_signalled() {
+    let (_url, client, hub) =
+        connect("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL)").await;
+    changes::install::<Item>(&client).await.unwrap();
+    let mut feed = ChangeFeed::<Item, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    let tea = Item {
+        id: 1,
+        label: "tea".into(),
+    };
+    client.insert(&tea).await.unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::Inserted(tea));
+
+    client.execute("TRUNCATE items", &[]).await.unwrap();
+    let coffee = Item {
+        id: 2,
+        label: "coffee".into(),
+    };
+    client.insert(&coffee).await.unwrap();
+    let change = next_change(&mut feed).await;
+    assert!(
+        matches!(change, Change::Resync | Change::Deleted(1)),
+        "after TRUNCATE the feed must say row 1 is gone (Deleted or Resync), got {change:?}"
+    );
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "ranked")]
+struct Ranked {
+    #[orm(key)]
+    id: i64,
+    ordinal: i64,
+}
+
+/// Finding 2: the fetch query's first column is `e.ordinal`, and FromRow
+/// reads the first column of a name: a model with a column `ordinal`
+/// receives the batch position instead of its value.
+#[tokio::test]
+async fn review_2_a_column_named_ordinal_is_read_from_the_table() {
+    let (_url, client, hub) =
+        connect("CREATE TABLE ranked (id bigint PRIMARY KEY, ordinal bigint NOT NULL)").await;
+    changes::install::<Ranked>(&client).await.unwrap();
+    let mut feed = ChangeFeed::<Ranked, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    let row = Ranked { id: 7, ordinal: 42 };
+    client.insert(&row).await.unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::Inserted(row));
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(schema = "a.b", table = "c")]
+struct Dotted {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(schema = "a", table = "b.c")]
+struct Other {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+/// Finding 3: the channel is `pgorm_changes:{schema}.{table}` with the
+/// names unescaped, so schema `a.b` table `c` and schema `a` table `b.c`
+/// share a channel: one table's feed yields the other table's changes
+/// (here a Deleted for a key its own table never had).
+#[tokio::test]
+async fn review_3_tables_with_dots_in_names_do_not_share_a_channel() {
+    let (_url, client, hub) = connect(
+        r#"CREATE SCHEMA "a.b"; CREATE SCHEMA a;
+           CREATE TABLE "a.b".c (id bigint PRIMARY KEY, label text NOT NULL);
+           CREATE TABLE a."b.c" (id bigint PRIMARY KEY, label text NOT NULL);"#,
+    )
+    .await;
+    changes::install::<Dotted>(&client).await.unwrap();
+    changes::install::<Other>(&client).await.unwrap();
+    let mut feed = ChangeFeed::<Other, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    client
+        .insert(&Dotted {
+            id: 1,
+            label: "elsewhere".into(),
+        })
+        .await
+        .unwrap();
+    let mine = Other {
+        id: 2,
+        label: "mine".into(),
+    };
+    client.insert(&mine).await.unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Change::Inserted(mine),
+        "the feed of a.\"b.c\" saw a change of \"a.b\".c (channel {})",
+        feed.channel()
+    );
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "labelled")]
+struct Labelled {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+/// Finding 4: the fetch builds each key as
+/// `jsonb_populate_record(NULL::table, key)`, which checks every column's
+/// domain against NULL: a table with a `NOT NULL` domain column (not part
+/// of the key) makes every fetch fail, so the feed yields only errors and
+/// Resync, never a change.
+#[tokio::test]
+async fn review_4_a_not_null_domain_column_does_not_break_every_fetch() {
+    let (_url, client, hub) = connect(
+        "CREATE DOMAIN nonempty AS text NOT NULL CHECK (VALUE <> '');
+         CREATE TABLE labelled (id bigint PRIMARY KEY, label nonempty)",
+    )
+    .await;
+    changes::install::<Labelled>(&client).await.unwrap();
+    let mut feed = ChangeFeed::<Labelled, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    let row = Labelled {
+        id: 1,
+        label: "tea".into(),
+    };
+    client
+        .execute("INSERT INTO labelled VALUES (1, 'tea')", &[])
+        .await
+        .unwrap();
+    let first = within("the next change", feed.next())
+        .await
+        .expect("the feed ended");
+    assert_eq!(first.expect("the fetch failed"), Change::Inserted(row));
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "renamed")]
+struct Renamed {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+/// Finding 5: the function is named after the table, so after
+/// `ALTER TABLE … RENAME` a reinstall creates a second function and
+/// uninstall only drops the new one: the old function stays behind.
+#[tokio::test]
+async fn review_5_uninstall_after_a_rename_leaves_no_function() {
+    let (_url, client, _hub) =
+        connect("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL)").await;
+    changes::install::<Item>(&client).await.unwrap();
+    client
+        .execute("ALTER TABLE items RENAME TO renamed", &[])
+        .await
+        .unwrap();
+    assert!(changes::install::<Renamed>(&client).await.unwrap());
+    assert!(changes::uninstall::<Renamed>(&client).await.unwrap());
+    let left: Vec<String> = client
+        .query(
+            "SELECT proname::text FROM pg_proc WHERE proname LIKE 'pgorm\\_changes\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(left.is_empty(), "functions left after uninstall: {left:?}");
+}
