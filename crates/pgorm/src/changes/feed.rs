@@ -241,11 +241,15 @@ fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>
     serde_json::from_str(keys).ok().map(|keys| (op, keys))
 }
 
-/// `ordinal, found, key columns…, model columns…` for a JSON array of keys:
+/// `"pgorm ordinal", "pgorm found", key columns…, model columns…` for a JSON array of keys:
 /// each key becomes a row of the table's type, joined to the table.
 fn fetch_sql<M: Model>() -> OrmResult<String> {
     let table = qualified_table::<M>()?;
-    let mut select = String::from("SELECT e.ordinal, t.ctid IS NOT NULL");
+    // Aliased so that a model column called `ordinal` (read by name) is
+    // the table's, not the batch position.
+    let mut select = String::from(
+        "SELECT e.ordinal AS \"pgorm ordinal\", t.ctid IS NOT NULL AS \"pgorm found\"",
+    );
     let mut join = String::new();
     for (i, column) in M::KEY_COLUMNS.iter().enumerate() {
         let column = quote_identifier(column)?;
