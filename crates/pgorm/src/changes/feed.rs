@@ -53,8 +53,9 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
     /// exist; the errors of [`PgNotifyHub::subscribe`].
     pub async fn subscribe(hub: &PgNotifyHub, client: C) -> OrmResult<Self> {
         let (schema, table) = resolve_table::<M>(&client).await?;
+        let fetch_sql = fetch_sql::<M>(&key_types::<M>(&client).await?)?;
         let subscription = hub.subscribe(&channel_name(&schema, &table)).await?;
-        Self::with_subscription(subscription, client)
+        Ok(Self::with_subscription(subscription, client, fetch_sql))
     }
 
     /// As [`subscribe`](Self::subscribe), with the subscription's own queue
@@ -69,20 +70,21 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
         policy: QueuePolicy,
     ) -> OrmResult<Self> {
         let (schema, table) = resolve_table::<M>(&client).await?;
+        let fetch_sql = fetch_sql::<M>(&key_types::<M>(&client).await?)?;
         let subscription = hub
             .subscribe_with(&channel_name(&schema, &table), capacity, policy)
             .await?;
-        Self::with_subscription(subscription, client)
+        Ok(Self::with_subscription(subscription, client, fetch_sql))
     }
 
-    fn with_subscription(subscription: Subscription, client: C) -> OrmResult<Self> {
-        Ok(ChangeFeed {
+    fn with_subscription(subscription: Subscription, client: C, fetch_sql: String) -> Self {
+        ChangeFeed {
             subscription,
             client,
-            fetch_sql: fetch_sql::<M>()?,
+            fetch_sql,
             ready: VecDeque::new(),
             resync_owed: false,
-        })
+        }
     }
 
     /// The channel the feed listens to.
@@ -241,9 +243,30 @@ fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>
     serde_json::from_str(keys).ok().map(|keys| (op, keys))
 }
 
-/// `"pgorm ordinal", "pgorm found", key columns…, model columns…` for a JSON array of keys:
-/// each key becomes a row of the table's type, joined to the table.
-fn fetch_sql<M: Model>() -> OrmResult<String> {
+/// The SQL types of the key columns, as the server writes them
+/// (`format_type`, quoted where needed).
+async fn key_types<M: Model>(client: &impl GenericClient) -> OrmResult<Vec<String>> {
+    let table = qualified_table::<M>()?;
+    let mut types = Vec::with_capacity(M::KEY_COLUMNS.len());
+    for column in M::KEY_COLUMNS {
+        let row = client
+            .query_one(
+                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                 WHERE a.attrelid = $1::text::regclass AND a.attname = $2 \
+                   AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&table, column],
+            )
+            .await?;
+        types.push(crate::model::decode_at(&row, 0)?);
+    }
+    Ok(types)
+}
+
+/// `"pgorm ordinal", "pgorm found", key columns…, model columns…` for a
+/// JSON array of keys: each key becomes a record of the key columns only
+/// (`jsonb_to_record` with their types: a row of the whole table would
+/// check every other column's domain against NULL), joined to the table.
+fn fetch_sql<M: Model>(key_types: &[String]) -> OrmResult<String> {
     let table = qualified_table::<M>()?;
     // Aliased so that a model column called `ordinal` (read by name) is
     // the table's, not the batch position.
@@ -251,8 +274,10 @@ fn fetch_sql<M: Model>() -> OrmResult<String> {
         "SELECT e.ordinal AS \"pgorm ordinal\", t.ctid IS NOT NULL AS \"pgorm found\"",
     );
     let mut join = String::new();
-    for (i, column) in M::KEY_COLUMNS.iter().enumerate() {
+    let mut record = Vec::with_capacity(key_types.len());
+    for (i, (column, ty)) in M::KEY_COLUMNS.iter().zip(key_types).enumerate() {
         let column = quote_identifier(column)?;
+        record.push(format!("{column} {ty}"));
         select.push_str(&format!(", k.{column} AS \"pgorm key {i}\""));
         join.push_str(if i == 0 { " ON " } else { " AND " });
         join.push_str(&format!("t.{column} = k.{column}"));
@@ -263,8 +288,9 @@ fn fetch_sql<M: Model>() -> OrmResult<String> {
     }
     Ok(format!(
         "{select} FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e(key, ordinal) \
-         CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.key) AS k \
-         LEFT JOIN {table} t{join} ORDER BY e.ordinal"
+         CROSS JOIN LATERAL jsonb_to_record(e.key) AS k({record}) \
+         LEFT JOIN {table} t{join} ORDER BY e.ordinal",
+        record = record.join(", ")
     ))
 }
 
