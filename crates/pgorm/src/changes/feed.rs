@@ -21,8 +21,8 @@ use crate::GenericClient;
 /// with that row, a key whose row is gone as [`Change::Deleted`]. Batches
 /// are handled in order, so the changes of one row never arrive out of
 /// order and the last one tells the row's state. A reconnect of the hub, a
-/// queue overflow, an unreadable payload or a batch that could not be
-/// fetched each yield [`Change::Resync`]: reload from the table.
+/// queue overflow, a TRUNCATE, an unreadable payload or a batch that could
+/// not be fetched each yield [`Change::Resync`]: reload from the table.
 pub struct ChangeFeed<M: Model, C> {
     subscription: Subscription,
     client: C,
@@ -144,8 +144,8 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
                 Err(error) => return Some(Err(error)),
             };
             let Some(keys) = collect_keys(&batch) else {
-                // A payload that is not the trigger's: which rows changed
-                // is unknown.
+                // A TRUNCATE, or a payload that is not the trigger's:
+                // which rows changed is unknown.
                 return Some(Ok(vec![Change::Resync]));
             };
             if keys.is_empty() {
@@ -212,6 +212,10 @@ fn collect_keys(batch: &NotificationBatch) -> Option<KeyOps> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     for notification in batch.iter() {
         let (op, keys) = parse_payload(&notification.payload)?;
+        if op == b'T' {
+            // A TRUNCATE: every row is gone, which no key list tells.
+            return None;
+        }
         for key in keys {
             let text = key.get();
             if !text.starts_with('{') {
@@ -229,7 +233,7 @@ fn collect_keys(batch: &NotificationBatch) -> Option<KeyOps> {
     Some(KeyOps { order })
 }
 
-/// Reads `{"op":"I|U|D","keys":[...]}` as the trigger writes it: the
+/// Reads `{"op":"I|U|D|T","keys":[...]}` as the trigger writes it: the
 /// operation and each key's JSON text as it is (no re-encoding).
 fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>)> {
     let rest = payload.strip_prefix(r#"{"op":""#)?;
@@ -237,6 +241,7 @@ fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>
         b'I' => b'I',
         b'U' => b'U',
         b'D' => b'D',
+        b'T' => b'T',
         _ => return None,
     };
     let keys = rest[1..].strip_prefix(r#"","keys":"#)?.strip_suffix('}')?;

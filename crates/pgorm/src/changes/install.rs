@@ -9,10 +9,12 @@ use crate::GenericClient;
 /// The version of the trigger functions this pgorm installs, kept at the
 /// start of each function's comment. A different comment makes [`install`]
 /// replace the function and its triggers.
-pub const FEED_VERSION: &str = "pgorm change feed 3";
+pub const FEED_VERSION: &str = "pgorm change feed 4";
 
-/// The three statement-level triggers, by operation.
-const TRIGGERS: [(&str, &str, &str); 3] = [
+/// The four statement-level triggers, by operation (TRUNCATE has no
+/// transition table: it sends one `T` notification, which the feed turns
+/// into a resync).
+const TRIGGERS: [(&str, &str, &str); 4] = [
     ("pgorm_changes_insert", "INSERT", "NEW TABLE AS pgorm_new"),
     (
         "pgorm_changes_update",
@@ -20,6 +22,7 @@ const TRIGGERS: [(&str, &str, &str); 3] = [
         "OLD TABLE AS pgorm_old NEW TABLE AS pgorm_new",
     ),
     ("pgorm_changes_delete", "DELETE", "OLD TABLE AS pgorm_old"),
+    ("pgorm_changes_truncate", "TRUNCATE", ""),
 ];
 
 /// How many bytes of keys (as JSON, with separators) one notification
@@ -125,7 +128,9 @@ DECLARE
     counted bigint;
     fits boolean := true;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify({channel}, '{{"op":"T","keys":[]}}');
+    ELSIF TG_OP = 'INSERT' THEN
         {insert}
     ELSIF TG_OP = 'DELETE' THEN
         {delete}
@@ -158,6 +163,7 @@ $pgorm$"#,
         few = FEW,
         fits = 2 * KEY_BYTES_PER_NOTIFICATION,
         chunked_update = chunked(&changed),
+        channel = channel,
     ))
 }
 
@@ -240,7 +246,7 @@ async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
     })
 }
 
-/// Whether the function with this exact comment and all three triggers
+/// Whether the function with this exact comment and all four triggers
 /// calling it are on the table already.
 async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
@@ -260,9 +266,9 @@ async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool>
 
 /// Installs the change feed of `M`'s table: a trigger function of its own
 /// (in the table's schema, versioned by [`FEED_VERSION`] in its comment)
-/// and three statement-level `AFTER INSERT/UPDATE/DELETE` triggers with
+/// and four statement-level triggers: `AFTER INSERT/UPDATE/DELETE` with
 /// transition tables, so a statement sends one notification per chunk of
-/// keys, not one per row. Runs in one transaction under an advisory lock.
+/// keys, not one per row, and `AFTER TRUNCATE`, which makes feeds resync. Runs in one transaction under an advisory lock.
 ///
 /// Returns `false` when the current feed was installed already (nothing is
 /// changed), `true` when it installed or upgraded it.
@@ -312,10 +318,15 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
         .await?;
         tx.execute(
             &format!(
-                "CREATE TRIGGER {name} AFTER {operation} ON {} \
-                 REFERENCING {referencing} FOR EACH STATEMENT \
+                "CREATE TRIGGER {name} AFTER {operation} ON {} {}FOR EACH STATEMENT \
                  EXECUTE FUNCTION {}()",
-                feed.table, feed.function
+                feed.table,
+                if referencing.is_empty() {
+                    String::new()
+                } else {
+                    format!("REFERENCING {referencing} ")
+                },
+                feed.function
             ),
             &[],
         )
@@ -325,7 +336,7 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     Ok(true)
 }
 
-/// Removes the feed from `M`'s table: its three triggers and its function.
+/// Removes the feed from `M`'s table: its four triggers and its function.
 /// Returns whether there was anything to remove.
 ///
 /// # Errors
