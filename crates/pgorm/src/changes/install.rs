@@ -185,9 +185,15 @@ fn function_comment(channel: &str, keys: &[&str]) -> String {
 /// The channel a table's feed notifies on: `pgorm_changes:schema.table`,
 /// or, when that is longer than PostgreSQL's 63-byte limit, its first bytes
 /// followed by `#` and a 16-digit hash of the whole name, so two long names
-/// never share a channel by truncation.
+/// never share a channel by truncation. A name containing `.` or `"` is
+/// written in double quotes (inner `"` doubled), so schema `a.b` with
+/// table `c` and schema `a` with table `b.c` get different channels.
 pub fn channel_name(schema: &str, table: &str) -> String {
-    let full = format!("pgorm_changes:{schema}.{table}");
+    let full = format!(
+        "pgorm_changes:{}.{}",
+        channel_part(schema),
+        channel_part(table)
+    );
     if full.len() <= 63 {
         return full;
     }
@@ -197,6 +203,16 @@ pub fn channel_name(schema: &str, table: &str) -> String {
         cut -= 1;
     }
     format!("{}{suffix}", &full[..cut])
+}
+
+/// `name` as it is, or in double quotes when it contains `.` or `"`: an
+/// unquoted part has neither, so `schema.table` reads back one way only.
+fn channel_part(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(['.', '"']) {
+        format!("\"{}\"", name.replace('"', "\"\"")).into()
+    } else {
+        name.into()
+    }
 }
 
 /// FNV-1a, 64 bits: stable across Rust versions and platforms.
@@ -381,6 +397,8 @@ mod tests {
             channel_name("public", "users"),
             "pgorm_changes:public.users"
         );
+        assert_ne!(channel_name("a.b", "c"), channel_name("a", "b.c"));
+        assert_eq!(channel_name("a.b", "c"), "pgorm_changes:\"a.b\".c");
     }
 
     #[test]
