@@ -221,3 +221,33 @@ async fn review_5_uninstall_after_a_rename_leaves_no_function() {
         .collect();
     assert!(left.is_empty(), "functions left after uninstall: {left:?}");
 }
+
+/// Finding 6: the channel is written into the trigger function at install,
+/// but a feed subscribes to the channel of the table's current name: after
+/// `ALTER TABLE … RENAME` (or `SET SCHEMA`) without a reinstall, the
+/// triggers keep notifying the old channel and the feed silently receives
+/// nothing. Subscribing must either fail or deliver.
+#[tokio::test]
+async fn review_6_a_feed_on_a_renamed_table_fails_or_delivers() {
+    let (_url, client, hub) =
+        connect("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL)").await;
+    changes::install::<Item>(&client).await.unwrap();
+    client
+        .execute("ALTER TABLE items RENAME TO renamed", &[])
+        .await
+        .unwrap();
+    let mut feed = match ChangeFeed::<Renamed, _>::subscribe(&hub, client.clone()).await {
+        Ok(feed) => feed,
+        Err(error) => {
+            // Refused: the error must tell the user to (re)install.
+            assert!(error.to_string().contains("install"), "{error}");
+            return;
+        }
+    };
+    let row = Renamed {
+        id: 1,
+        label: "tea".into(),
+    };
+    client.insert(&row).await.unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::Inserted(row));
+}
