@@ -312,6 +312,7 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     }
     let (schema, table_name) = resolve_table::<M>(&tx).await?;
     let channel = channel_name(&schema, &table_name);
+    let previous = trigger_functions(&tx, &feed).await?;
     tx.execute(
         &function_sql(&feed.function, &channel, M::KEY_COLUMNS)?,
         &[],
@@ -348,8 +349,51 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
         )
         .await?;
     }
+    // The function of before a rename of the table has another name.
+    drop_unused(&tx, &previous).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The functions (as `regprocedure` text, quoted by the server) that the
+/// feed's triggers on the table call now: after a rename of the table,
+/// not the one [`function_name`] gives.
+async fn trigger_functions(client: &impl GenericClient, feed: &Feed) -> OrmResult<Vec<String>> {
+    let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
+    let rows = client
+        .query(
+            "SELECT DISTINCT t.tgfoid::regprocedure::text FROM pg_trigger t \
+             JOIN pg_proc p ON p.oid = t.tgfoid \
+             WHERE t.tgrelid = $1::text::regclass AND t.tgname = ANY($2) \
+               AND p.proname LIKE 'pgorm\\_changes\\_%'",
+            &[&feed.table, &names],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| crate::model::decode_at(row, 0))
+        .collect()
+}
+
+/// Drops each of `functions` that still exists and that no trigger calls
+/// any more.
+async fn drop_unused(client: &impl GenericClient, functions: &[String]) -> OrmResult<()> {
+    for function in functions {
+        let row = client
+            .query_one(
+                "SELECT f IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgfoid = f) \
+                 FROM to_regprocedure($1) f",
+                &[function],
+            )
+            .await?;
+        let unused: bool = crate::model::decode_at(&row, 0)?;
+        if unused {
+            // `function` is the server's own rendering of a regprocedure.
+            client
+                .execute(&format!("DROP FUNCTION IF EXISTS {function}"), &[])
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the feed from `M`'s table: its four triggers and its function.
@@ -368,6 +412,7 @@ pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
         )
         .await?
         .get(0);
+    let previous = trigger_functions(&tx, &feed).await?;
     for name in names {
         tx.execute(
             &format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table),
@@ -377,6 +422,7 @@ pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
     }
     tx.execute(&format!("DROP FUNCTION IF EXISTS {}()", feed.function), &[])
         .await?;
+    drop_unused(&tx, &previous).await?;
     tx.commit().await?;
     Ok(present > 0)
 }
