@@ -2,9 +2,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::install::{channel_name, resolve_table};
+use super::install::{channel_name, feed_of, is_current, resolve_table};
 use super::Change;
-use crate::error::OrmResult;
+use crate::error::{OrmResult, ValidationError};
 use crate::listen::{
     ListenerEvent, NotificationBatch, PgNotifyHub, QueuePolicy, Subscription, SubscriptionStats,
 };
@@ -50,9 +50,14 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
     ///
     /// # Errors
     /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
-    /// exist; the errors of [`PgNotifyHub::subscribe`].
+    /// exist; [`OrmError::Validation`](crate::OrmError::Validation) when
+    /// this pgorm's feed is not installed on it as it is now named (never
+    /// installed, an older version, or the table renamed since: the
+    /// triggers would notify another channel); the errors of
+    /// [`PgNotifyHub::subscribe`].
     pub async fn subscribe(hub: &PgNotifyHub, client: C) -> OrmResult<Self> {
         let (schema, table) = resolve_table::<M>(&client).await?;
+        check_installed::<M>(&client).await?;
         let fetch_sql = fetch_sql::<M>(&key_types::<M>(&client).await?)?;
         let subscription = hub.subscribe(&channel_name(&schema, &table)).await?;
         Ok(Self::with_subscription(subscription, client, fetch_sql))
@@ -70,6 +75,7 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
         policy: QueuePolicy,
     ) -> OrmResult<Self> {
         let (schema, table) = resolve_table::<M>(&client).await?;
+        check_installed::<M>(&client).await?;
         let fetch_sql = fetch_sql::<M>(&key_types::<M>(&client).await?)?;
         let subscription = hub
             .subscribe_with(&channel_name(&schema, &table), capacity, policy)
@@ -246,6 +252,25 @@ fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>
     };
     let keys = rest[1..].strip_prefix(r#"","keys":"#)?.strip_suffix('}')?;
     serde_json::from_str(keys).ok().map(|keys| (op, keys))
+}
+
+/// Refuses a table whose triggers are missing, of another version, or
+/// written for another channel (the table was renamed or moved since
+/// `install`): the feed would wait for ever.
+async fn check_installed<M: Model>(client: &impl GenericClient) -> OrmResult<()> {
+    let feed = feed_of::<M>(client).await?;
+    if is_current(client, &feed).await? {
+        return Ok(());
+    }
+    Err(ValidationError::Setting {
+        setting: "change feed",
+        reason: format!(
+            "the change feed of {} is not installed as it is now (missing, another \
+             version, or the table was renamed): call changes::install first",
+            feed.table
+        ),
+    }
+    .into())
 }
 
 /// The SQL types of the key columns, as the server writes them

@@ -242,13 +242,13 @@ pub(crate) async fn resolve_table<M: Model>(
 
 /// The table, its schema-qualified function, the function's comment and
 /// its SQL.
-struct Feed {
-    table: String,
+pub(crate) struct Feed {
+    pub(crate) table: String,
     function: String,
     comment: String,
 }
 
-async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
+pub(crate) async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
     let (schema, table_name) = resolve_table::<M>(client).await?;
     let schema_quoted = quote_identifier(&schema)?;
     let channel = channel_name(&schema, &table_name);
@@ -264,7 +264,7 @@ async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
 
 /// Whether the function with this exact comment and all four triggers
 /// calling it are on the table already.
-async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
+pub(crate) async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
     let row = client
         .query_one(
