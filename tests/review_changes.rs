@@ -26,7 +26,7 @@ async fn connect(sql: &str) -> (String, PgClient, PgNotifyHub) {
         client.execute(statement, &[]).await.unwrap();
     }
     let config = PgListenerConfig::new()
-        .application_name(&unique("review_changes"))
+        .application_name(unique("review_changes"))
         .backoff(Duration::from_millis(20), Duration::from_millis(200));
     let hub = within("hub", PgNotifyHub::connect_with(&url, config))
         .await
