@@ -251,3 +251,54 @@ async fn review_6_a_feed_on_a_renamed_table_fails_or_delivers() {
     client.insert(&row).await.unwrap();
     assert_eq!(next_change(&mut feed).await, Change::Inserted(row));
 }
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "parted")]
+struct Parted {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+/// Finding 8: statement-level triggers of a partitioned table fire only
+/// for statements that name the parent; `INSERT INTO` a partition (or its
+/// UPDATE, DELETE, TRUNCATE) fires nothing and the feed never hears of the
+/// row. Install accepts the partitioned table without a word, so the loss
+/// is silent.
+#[tokio::test]
+async fn review_8_writes_to_a_partition_reach_the_feed() {
+    let (_url, client, hub) = connect(
+        "CREATE TABLE parted (id bigint PRIMARY KEY, label text NOT NULL) PARTITION BY RANGE (id);
+         CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100);
+         CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (200)",
+    )
+    .await;
+    let installed = changes::install::<Parted>(&client).await;
+    let Ok(_) = installed else {
+        // Refusing partitioned tables with a clear error is a fix too.
+        let error = installed.unwrap_err();
+        assert!(error.to_string().contains("partition"), "{error}");
+        return;
+    };
+    let mut feed = ChangeFeed::<Parted, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    client
+        .execute("INSERT INTO parted_low VALUES (1, 'direct')", &[])
+        .await
+        .unwrap();
+    let through_parent = Parted {
+        id: 150,
+        label: "through the parent".into(),
+    };
+    client.insert(&through_parent).await.unwrap();
+    let first = next_change(&mut feed).await;
+    assert_eq!(
+        first,
+        Change::Inserted(Parted {
+            id: 1,
+            label: "direct".into()
+        }),
+        "the insert into the partition was not signalled"
+    );
+}
