@@ -1,7 +1,7 @@
 //! Installing and removing a table's change-feed triggers, and the channel
 //! they notify on.
 
-use crate::error::OrmResult;
+use crate::error::{OrmResult, ValidationError};
 use crate::model::{qualified_table, quote_identifier, Model};
 use crate::pg_client::PgClient;
 use crate::GenericClient;
@@ -297,7 +297,9 @@ pub(crate) async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmR
 /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
 /// exist or the role may not create triggers on it;
 /// [`OrmError::Validation`](crate::OrmError::Validation) for names that
-/// cannot be identifiers.
+/// cannot be identifiers, and for a partitioned table or one with
+/// inheritance children (a write straight into a partition fires no
+/// trigger of the parent: its changes would be lost silently).
 pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let tx = client.transaction().await?;
     let feed = feed_of::<M>(&tx).await?;
@@ -306,6 +308,7 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
         &[&feed.table],
     )
     .await?;
+    refuse_partitioned(&tx, &feed).await?;
     if is_current(&tx, &feed).await? {
         tx.rollback().await?;
         return Ok(false);
@@ -353,6 +356,33 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     drop_unused(&tx, &previous).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Refuses a partitioned table or one with inheritance children: the
+/// statement-level triggers fire only for statements that name the table
+/// itself, so a write straight into a partition or child would never reach
+/// a feed.
+async fn refuse_partitioned(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
+    let row = client
+        .query_one(
+            "SELECT c.relkind = 'p' OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) \
+             FROM pg_class c WHERE c.oid = $1::text::regclass",
+            &[&feed.table],
+        )
+        .await?;
+    let parent: bool = crate::model::decode_at(&row, 0)?;
+    if !parent {
+        return Ok(());
+    }
+    Err(ValidationError::Setting {
+        setting: "change feed",
+        reason: format!(
+            "{} has partitions or inheritance children; writes straight into them \
+             would not fire its statement triggers, so its changes cannot all be seen",
+            feed.table
+        ),
+    }
+    .into())
 }
 
 /// The functions (as `regprocedure` text, quoted by the server) that the
