@@ -302,3 +302,29 @@ async fn review_8_writes_to_a_partition_reach_the_feed() {
         "the insert into the partition was not signalled"
     );
 }
+
+/// Finding 9: `uninstall` takes no advisory lock (only `install` does), so
+/// an install and an uninstall of the same table running at once collide
+/// in the catalog ("tuple concurrently updated" and the like) instead of
+/// running one after the other.
+#[tokio::test]
+async fn review_9_concurrent_install_and_uninstall_do_not_fail() {
+    let (url, client, _hub) =
+        connect("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL)").await;
+    let other = within("connect", PgClient::connect(&url)).await.unwrap();
+    let installs = async {
+        for _ in 0..40 {
+            changes::install::<Item>(&client).await?;
+        }
+        pgorm::OrmResult::Ok(())
+    };
+    let uninstalls = async {
+        for _ in 0..40 {
+            changes::uninstall::<Item>(&other).await?;
+        }
+        pgorm::OrmResult::Ok(())
+    };
+    let (a, b) = within("the installs", async { tokio::join!(installs, uninstalls) }).await;
+    a.expect("install failed");
+    b.expect("uninstall failed");
+}
