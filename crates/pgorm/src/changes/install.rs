@@ -303,11 +303,7 @@ pub(crate) async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmR
 pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let tx = client.transaction().await?;
     let feed = feed_of::<M>(&tx).await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('pgorm change feed'), hashtext($1))",
-        &[&feed.table],
-    )
-    .await?;
+    lock(&tx, &feed).await?;
     refuse_partitioned(&tx, &feed).await?;
     if is_current(&tx, &feed).await? {
         tx.rollback().await?;
@@ -356,6 +352,18 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     drop_unused(&tx, &previous).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Takes the transaction-scoped advisory lock of the table's feed, which
+/// [`install`] and [`uninstall`] both hold while they change it.
+async fn lock(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext('pgorm change feed'), hashtext($1))",
+            &[&feed.table],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Refuses a partitioned table or one with inheritance children: the
@@ -434,6 +442,7 @@ async fn drop_unused(client: &impl GenericClient, functions: &[String]) -> OrmRe
 pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let tx = client.transaction().await?;
     let feed = feed_of::<M>(&tx).await?;
+    lock(&tx, &feed).await?;
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
     let present: i64 = tx
         .query_one(
