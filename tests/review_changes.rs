@@ -328,3 +328,85 @@ async fn review_9_concurrent_install_and_uninstall_do_not_fail() {
     a.expect("install failed");
     b.expect("uninstall failed");
 }
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "lines")]
+struct Line {
+    #[orm(key)]
+    id: i64,
+    order_id: i64,
+}
+
+/// Probe (passes when sound): rows deleted by an `ON DELETE CASCADE`
+/// foreign key, and rows written by `INSERT … ON CONFLICT DO UPDATE`,
+/// reach the feed.
+#[tokio::test]
+async fn review_probe_cascades_and_upserts_reach_the_feed() {
+    let (_url, client, hub) = connect(
+        "CREATE TABLE orders (id bigint PRIMARY KEY);
+         CREATE TABLE lines (id bigint PRIMARY KEY, order_id bigint NOT NULL REFERENCES orders ON DELETE CASCADE)",
+    )
+    .await;
+    changes::install::<Line>(&client).await.unwrap();
+    client
+        .execute("INSERT INTO orders VALUES (1)", &[])
+        .await
+        .unwrap();
+    client
+        .execute("INSERT INTO lines VALUES (10, 1)", &[])
+        .await
+        .unwrap();
+    let mut feed = ChangeFeed::<Line, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    client
+        .execute("DELETE FROM orders WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::Deleted(10));
+    client
+        .execute("INSERT INTO orders VALUES (2)", &[])
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO lines VALUES (11, 2) ON CONFLICT (id) DO UPDATE SET order_id = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Change::Inserted(Line {
+            id: 11,
+            order_id: 2
+        })
+    );
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "price$pgorm$list")]
+struct Dollar {
+    #[orm(key, rename = "sku$pgorm$")]
+    sku: String,
+}
+
+/// Finding 10: the trigger function's body is dollar-quoted with the fixed
+/// tag `$pgorm$`, and the channel literal and key column names are written
+/// into it: a table or column whose name contains `$pgorm$` ends the quote
+/// early, and install fails with a syntax error (the name is quoted as an
+/// identifier, but not for the dollar quote around it).
+#[tokio::test]
+async fn review_10_a_name_containing_the_dollar_quote_tag_installs() {
+    let (_url, client, hub) =
+        connect(r#"CREATE TABLE "price$pgorm$list" ("sku$pgorm$" text PRIMARY KEY)"#).await;
+    changes::install::<Dollar>(&client)
+        .await
+        .expect("install on a table named price$pgorm$list");
+    let mut feed = ChangeFeed::<Dollar, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    let row = Dollar { sku: "tea".into() };
+    client.insert(&row).await.unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::Inserted(row));
+}
