@@ -119,9 +119,9 @@ fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<Strin
             chunked = chunked(&keys_sql),
         ))
     };
-    Ok(format!(
+    let sql = format!(
         r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
-LANGUAGE plpgsql AS $pgorm$
+LANGUAGE plpgsql AS {TAG_MARK}
 DECLARE
     payload text;
     change_op text;
@@ -156,7 +156,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$pgorm$"#,
+{TAG_MARK}"#,
         insert = single("I", "pgorm_new")?,
         delete = single("D", "pgorm_old")?,
         few_plus_one = FEW + 1,
@@ -164,8 +164,21 @@ $pgorm$"#,
         fits = 2 * KEY_BYTES_PER_NOTIFICATION,
         chunked_update = chunked(&changed),
         channel = channel,
-    ))
+    );
+    // The body holds the channel and the key columns' names, which may
+    // contain any fixed dollar-quote tag: pick one that the body does not.
+    let mut tag = String::from("$pgorm$");
+    let mut n = 0u32;
+    while sql.contains(&tag) {
+        n += 1;
+        tag = format!("$pgorm{n}$");
+    }
+    Ok(sql.replace(TAG_MARK, &tag))
 }
+
+/// Where the dollar-quote tag goes until it is chosen: a NUL, which no
+/// identifier (nor, so, the channel) can contain.
+const TAG_MARK: &str = "\u{0}tag\u{0}";
 
 /// Statements of at most this many rows skip the chunking query when their
 /// keys fit one notification.
