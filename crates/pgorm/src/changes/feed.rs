@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::install::{channel_name, feed_of, is_current, resolve_table};
+use super::install::{channel_name, notifies_current_channel, resolve_table};
 use super::Change;
 use crate::error::{OrmResult, ValidationError};
 use crate::listen::{
@@ -51,9 +51,9 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
     /// # Errors
     /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
     /// exist; [`OrmError::Validation`](crate::OrmError::Validation) when
-    /// this pgorm's feed is not installed on it as it is now named (never
-    /// installed, an older version, or the table renamed since: the
-    /// triggers would notify another channel); the errors of
+    /// no feed is installed on it as it is now named (never installed, or
+    /// the table renamed or moved since: the triggers would notify another
+    /// channel); the errors of
     /// [`PgNotifyHub::subscribe`].
     pub async fn subscribe(hub: &PgNotifyHub, client: C) -> OrmResult<Self> {
         let (schema, table) = resolve_table::<M>(&client).await?;
@@ -254,20 +254,21 @@ fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>
     serde_json::from_str(keys).ok().map(|keys| (op, keys))
 }
 
-/// Refuses a table whose triggers are missing, of another version, or
-/// written for another channel (the table was renamed or moved since
-/// `install`): the feed would wait for ever.
+/// Refuses a table whose triggers are missing or written for another
+/// channel (the table was renamed or moved since `install`): the feed
+/// would wait for ever. Any feed version will do: the payloads are the
+/// same, so an older application keeps working after a newer one upgraded
+/// the triggers.
 async fn check_installed<M: Model>(client: &impl GenericClient) -> OrmResult<()> {
-    let feed = feed_of::<M>(client).await?;
-    if is_current(client, &feed).await? {
+    let (installed, table) = notifies_current_channel::<M>(client).await?;
+    if installed {
         return Ok(());
     }
     Err(ValidationError::Setting {
         setting: "change feed",
         reason: format!(
-            "the change feed of {} is not installed as it is now (missing, another \
-             version, or the table was renamed): call changes::install first",
-            feed.table
+            "the change feed of {table} is not installed for the table as it is now named \
+             (missing, or the table was renamed or moved since): call changes::install first"
         ),
     }
     .into())

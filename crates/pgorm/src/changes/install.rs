@@ -192,7 +192,35 @@ fn function_name(table: &str) -> String {
 
 /// What the function's comment says: the version, the channel, the keys.
 fn function_comment(channel: &str, keys: &[&str]) -> String {
-    format!("{FEED_VERSION}; channel {channel:?}; keys {keys:?}")
+    format!("{FEED_VERSION}{}", comment_tail(channel, keys))
+}
+
+/// The part of the function's comment after the version.
+fn comment_tail(channel: &str, keys: &[&str]) -> String {
+    format!("; channel {channel:?}; keys {keys:?}")
+}
+
+/// Whether the INSERT, UPDATE and DELETE triggers of a pgorm feed (of any
+/// version) on `M`'s table notify the channel of the table's current name
+/// with `M`'s keys: what a [`ChangeFeed`](super::ChangeFeed) needs.
+pub(crate) async fn notifies_current_channel<M: Model>(
+    client: &impl GenericClient,
+) -> OrmResult<(bool, String)> {
+    let feed = feed_of::<M>(client).await?;
+    let (schema, table_name) = resolve_table::<M>(client).await?;
+    let tail = comment_tail(&channel_name(&schema, &table_name), M::KEY_COLUMNS);
+    let names: Vec<&str> = TRIGGERS[..3].iter().map(|(name, _, _)| *name).collect();
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger t \
+             WHERE t.tgrelid = $1::text::regclass AND t.tgname = ANY($2) \
+               AND starts_with(obj_description(t.tgfoid, 'pg_proc'), 'pgorm change feed ') \
+               AND right(obj_description(t.tgfoid, 'pg_proc'), length($3)) = $3",
+            &[&feed.table, &names, &tail],
+        )
+        .await?;
+    let count: i64 = crate::model::decode_at(&row, 0)?;
+    Ok((count == names.len() as i64, feed.table))
 }
 
 /// The channel a table's feed notifies on: `pgorm_changes:schema.table`,
@@ -255,13 +283,13 @@ pub(crate) async fn resolve_table<M: Model>(
 
 /// The table, its schema-qualified function, the function's comment and
 /// its SQL.
-pub(crate) struct Feed {
-    pub(crate) table: String,
+struct Feed {
+    table: String,
     function: String,
     comment: String,
 }
 
-pub(crate) async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
+async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
     let (schema, table_name) = resolve_table::<M>(client).await?;
     let schema_quoted = quote_identifier(&schema)?;
     let channel = channel_name(&schema, &table_name);
@@ -277,7 +305,7 @@ pub(crate) async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<
 
 /// Whether the function with this exact comment and all four triggers
 /// calling it are on the table already.
-pub(crate) async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
+async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
     let row = client
         .query_one(
