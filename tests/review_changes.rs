@@ -410,3 +410,32 @@ async fn review_10_a_name_containing_the_dollar_quote_tag_installs() {
     client.insert(&row).await.unwrap();
     assert_eq!(next_change(&mut feed).await, Change::Inserted(row));
 }
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "items")]
+struct Mistyped {
+    #[orm(key, rename = "item_id")]
+    id: i64,
+    label: String,
+}
+
+/// Finding 12: install does not check the model's key columns against the
+/// table. PL/pgSQL does not check the body's queries at creation, so
+/// install of a model whose key column does not exist succeeds, and from
+/// then on every INSERT, UPDATE and DELETE on the table fails in the
+/// trigger ("column r.item_id does not exist"): a typo in a model takes
+/// the table's writes down.
+#[tokio::test]
+async fn review_12_install_with_a_wrong_key_column_does_not_break_writes() {
+    let (_url, client, _hub) =
+        connect("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL)").await;
+    match changes::install::<Mistyped>(&client).await {
+        Err(error) => assert!(error.to_string().contains("item_id"), "{error}"),
+        Ok(_) => {
+            client
+                .execute("INSERT INTO items VALUES (1, 'tea')", &[])
+                .await
+                .expect("a write to the table after install");
+        }
+    }
+}
