@@ -338,7 +338,8 @@ async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool>
 /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
 /// exist or the role may not create triggers on it;
 /// [`OrmError::Validation`](crate::OrmError::Validation) for names that
-/// cannot be identifiers, and for a partitioned table or one with
+/// cannot be identifiers, for a key column the table lacks or that may be
+/// NULL, and for a partitioned table or one with
 /// inheritance children (a write straight into a partition fires no
 /// trigger of the parent: its changes would be lost silently).
 pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
@@ -346,6 +347,7 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let feed = feed_of::<M>(&tx).await?;
     lock(&tx, &feed).await?;
     refuse_partitioned(&tx, &feed).await?;
+    check_keys::<M>(&tx, &feed).await?;
     if is_current(&tx, &feed).await? {
         tx.rollback().await?;
         return Ok(false);
@@ -404,6 +406,33 @@ async fn lock(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
             &[&feed.table],
         )
         .await?;
+    Ok(())
+}
+
+/// Refuses key columns that the table lacks or that may be NULL: PL/pgSQL
+/// checks the function's queries only when they run, so a wrong key column
+/// would make every write to the table fail in the trigger.
+async fn check_keys<M: Model>(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
+    for column in M::KEY_COLUMNS {
+        let row = client
+            .query_opt(
+                "SELECT a.attnotnull FROM pg_attribute a \
+                 WHERE a.attrelid = $1::text::regclass AND a.attname = $2 \
+                   AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&feed.table, column],
+            )
+            .await?;
+        let problem = match row {
+            None => "does not exist",
+            Some(row) if !crate::model::decode_at::<bool>(&row, 0)? => "may be NULL",
+            Some(_) => continue,
+        };
+        return Err(ValidationError::Setting {
+            setting: "change feed",
+            reason: format!("key column {column:?} of {} {problem}", feed.table),
+        }
+        .into());
+    }
     Ok(())
 }
 
