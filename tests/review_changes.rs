@@ -439,3 +439,47 @@ async fn review_12_install_with_a_wrong_key_column_does_not_break_writes() {
         }
     }
 }
+
+/// Probe (passes when sound): in one transaction the same key is inserted,
+/// deleted and inserted again (PostgreSQL folds the second, identical `I`
+/// notification), and another is deleted, inserted and deleted again; the
+/// feed still ends with the rows' true states.
+#[tokio::test]
+async fn review_probe_folded_notifications_of_one_transaction_keep_the_final_state() {
+    let (_url, client, hub) =
+        connect("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL)").await;
+    changes::install::<Item>(&client).await.unwrap();
+    client
+        .execute("INSERT INTO items VALUES (2, 'old')", &[])
+        .await
+        .unwrap();
+    let mut feed = ChangeFeed::<Item, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    for sql in [
+        "INSERT INTO items VALUES (1, 'first')",
+        "DELETE FROM items WHERE id = 1",
+        "INSERT INTO items VALUES (1, 'again')",
+        "DELETE FROM items WHERE id = 2",
+        "INSERT INTO items VALUES (2, 'back')",
+        "DELETE FROM items WHERE id = 2",
+    ] {
+        tx.execute(sql, &[]).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut state = std::collections::BTreeMap::new();
+    while state.len() < 2 {
+        match next_change(&mut feed).await {
+            Change::Inserted(item) | Change::Updated(item) => {
+                state.insert(item.id, Some(item.label));
+            }
+            Change::Deleted(id) => {
+                state.insert(id, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(state[&1], Some("again".to_owned()));
+    assert_eq!(state[&2], None);
+}
