@@ -95,7 +95,7 @@ async fn installing_twice_changes_nothing_and_uninstall_leaves_no_trigger() {
             .collect::<Vec<_>>()
     };
     let before = triggers(setup.client.clone()).await;
-    assert_eq!(before.len(), 3);
+    assert_eq!(before.len(), 4);
     assert!(!changes::install::<Item>(&setup.client).await.unwrap());
     assert_eq!(
         triggers(setup.client.clone()).await,
@@ -149,7 +149,7 @@ async fn installing_twice_changes_nothing_and_uninstall_leaves_no_trigger() {
     setup.client.execute(&sql, &[]).await.unwrap();
     assert!(changes::install::<Item>(&setup.client).await.unwrap());
     assert!(!changes::install::<Item>(&setup.client).await.unwrap());
-    assert_eq!(triggers(setup.client.clone()).await.len(), 3);
+    assert_eq!(triggers(setup.client.clone()).await.len(), 4);
 }
 
 #[tokio::test]

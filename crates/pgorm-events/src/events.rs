@@ -10,7 +10,7 @@ use pgorm::GenericClient;
 use crate::config::EventsConfig;
 use crate::error::{EventsError, EventsResult};
 use crate::event::{ClaimedEvent, DeadEvent, NewEvent};
-use crate::sql::{Statements, LATEST_VERSION, SCHEMA_TOO_NEW};
+use crate::sql::{Statements, LATEST_VERSION, MIGRATED_CONCURRENTLY, SCHEMA_TOO_NEW};
 use crate::stats::{QueueStats, TypeQueueStats};
 
 /// A key for the advisory lock that serialises migrations of any schema.
@@ -115,7 +115,11 @@ impl Events {
     /// [`GenericClient`]: a [`PgClient`](pgorm::PgClient) (its own transaction) or a
     /// [`PgTransaction`](pgorm::PgTransaction) (the caller's, committed or
     /// rolled back with the rest of it). Concurrent calls (two processes
-    /// starting at once) are safe and a second call does nothing. Returns
+    /// starting at once) are safe and a second call does nothing. Under
+    /// REPEATABLE READ or SERIALIZABLE, a call that had to wait for another
+    /// one needs a new snapshot: on a plain client it is retried here; in
+    /// the caller's transaction it fails with a serialization failure
+    /// (SQLSTATE 40001) for the caller to retry the transaction. Returns
     /// the version now in place.
     ///
     /// # Errors
@@ -123,7 +127,31 @@ impl Events {
     /// was migrated by a newer release.
     pub async fn migrate<C: GenericClient + ?Sized>(&self, client: &C) -> EventsResult<i32> {
         let block = self.sql.migrate_block(MIGRATION_LOCK);
-        if let Err(error) = client.execute(&block, &[]).await {
+        let mut result = client.execute(&block, &[]).await;
+        // Under REPEATABLE READ or SERIALIZABLE a migrate that waited for
+        // another one must start again with a new snapshot. On a plain client
+        // (one statement, one transaction) that is a retry; in the caller's
+        // transaction the retry fails (the transaction is aborted), and the
+        // caller gets the serialization failure to retry as usual.
+        for _ in 0..3 {
+            let concurrent = matches!(&result, Err(error)
+                if error.db_error().is_some_and(|db| db.message() == MIGRATED_CONCURRENTLY));
+            if !concurrent {
+                break;
+            }
+            match client.execute(&block, &[]).await {
+                Ok(rows) => result = Ok(rows),
+                Err(error)
+                    if error
+                        .db_error()
+                        .is_some_and(|db| db.message() == MIGRATED_CONCURRENTLY) =>
+                {
+                    result = Err(error)
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = result {
             let too_new = error
                 .db_error()
                 .filter(|db| db.message() == SCHEMA_TOO_NEW)

@@ -93,7 +93,11 @@ CREATE TRIGGER wake AFTER INSERT ON {s}.events
 DROP TRIGGER wake ON {s}.events;
 CREATE OR REPLACE FUNCTION {s}.wake() RETURNS trigger LANGUAGE plpgsql AS $pgorm$
 BEGIN
-    IF pg_try_advisory_xact_lock({wake_lock_class}, hashtext({channel})) THEN
+    -- The lock is per 10 ms window: a transaction that fires this early
+    -- (SET CONSTRAINTS ALL IMMEDIATE) or is slow to commit keeps only its
+    -- own window's lock, so it silences other publishers for 10 ms at most.
+    IF pg_try_advisory_xact_lock({wake_lock_class}, hashtext({channel} || ':'
+        || floor(extract(epoch FROM clock_timestamp()) * 100)::bigint::text)) THEN
         PERFORM pg_notify({channel}, '');
     END IF;
     RETURN NULL;
@@ -141,6 +145,12 @@ const WAKE_LOCK_CLASS: i32 = 0x7067_6576; // "pgev"
 /// The message of the error the migration block raises for a schema
 /// migrated by a newer release.
 pub(crate) const SCHEMA_TOO_NEW: &str = "pgorm-events schema is newer than this release";
+
+/// The message of the serialization failure a `migrate` raises when it
+/// waited for another one under REPEATABLE READ or SERIALIZABLE: its
+/// snapshot predates the other's commit, so it must start again.
+pub(crate) const MIGRATED_CONCURRENTLY: &str =
+    "pgorm-events schema was being migrated concurrently; retry the transaction";
 
 /// The newest schema version this release ships.
 pub(crate) const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -375,12 +385,16 @@ impl Statements {
         }
         format!(
             "DO $pgorm_migrate$\nDECLARE current integer;\nBEGIN\n\
-             PERFORM pg_advisory_xact_lock({lock});\n\
+             IF NOT pg_try_advisory_xact_lock({lock}) THEN \
+             PERFORM pg_advisory_xact_lock({lock}); \
+             IF current_setting('transaction_isolation') <> 'read committed' THEN \
+             RAISE EXCEPTION {} USING ERRCODE = 'serialization_failure'; END IF; END IF;\n\
              EXECUTE {};\nEXECUTE {};\n\
              EXECUTE {} INTO current;\n\
              IF current > {LATEST_VERSION} THEN \
              RAISE EXCEPTION {} USING DETAIL = current::text; END IF;\n\
              {steps}END\n$pgorm_migrate$",
+            quote_literal(MIGRATED_CONCURRENTLY),
             quote_literal(&self.create_schema),
             quote_literal(&self.create_version_table),
             quote_literal(&self.current_version),

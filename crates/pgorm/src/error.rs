@@ -152,9 +152,11 @@ pub enum OrmError {
         sql_type: String,
         /// The Rust type it was to be read as.
         rust_type: &'static str,
-        /// The driver's error.
+        /// Why: the driver's error, or for a JSON document that does not
+        /// fit, where and what kind of mismatch (never the document's
+        /// values, which may be secrets).
         #[source]
-        source: tokio_postgres::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The handle was closed (by `close()`, or because the task behind it

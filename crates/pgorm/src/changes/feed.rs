@@ -2,9 +2,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::install::{channel_name, resolve_table};
+use super::install::{channel_name, notifies_current_channel, resolve_table};
 use super::Change;
-use crate::error::OrmResult;
+use crate::error::{OrmResult, ValidationError};
 use crate::listen::{
     ListenerEvent, NotificationBatch, PgNotifyHub, QueuePolicy, Subscription, SubscriptionStats,
 };
@@ -21,8 +21,8 @@ use crate::GenericClient;
 /// with that row, a key whose row is gone as [`Change::Deleted`]. Batches
 /// are handled in order, so the changes of one row never arrive out of
 /// order and the last one tells the row's state. A reconnect of the hub, a
-/// queue overflow, an unreadable payload or a batch that could not be
-/// fetched each yield [`Change::Resync`]: reload from the table.
+/// queue overflow, a TRUNCATE, an unreadable payload or a batch that could
+/// not be fetched each yield [`Change::Resync`]: reload from the table.
 pub struct ChangeFeed<M: Model, C> {
     subscription: Subscription,
     client: C,
@@ -50,11 +50,17 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
     ///
     /// # Errors
     /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
-    /// exist; the errors of [`PgNotifyHub::subscribe`].
+    /// exist; [`OrmError::Validation`](crate::OrmError::Validation) when
+    /// no feed is installed on it as it is now named (never installed, or
+    /// the table renamed or moved since: the triggers would notify another
+    /// channel); the errors of
+    /// [`PgNotifyHub::subscribe`].
     pub async fn subscribe(hub: &PgNotifyHub, client: C) -> OrmResult<Self> {
         let (schema, table) = resolve_table::<M>(&client).await?;
+        check_installed::<M>(&client).await?;
+        let fetch_sql = fetch_sql::<M>(&key_types::<M>(&client).await?)?;
         let subscription = hub.subscribe(&channel_name(&schema, &table)).await?;
-        Self::with_subscription(subscription, client)
+        Ok(Self::with_subscription(subscription, client, fetch_sql))
     }
 
     /// As [`subscribe`](Self::subscribe), with the subscription's own queue
@@ -69,20 +75,22 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
         policy: QueuePolicy,
     ) -> OrmResult<Self> {
         let (schema, table) = resolve_table::<M>(&client).await?;
+        check_installed::<M>(&client).await?;
+        let fetch_sql = fetch_sql::<M>(&key_types::<M>(&client).await?)?;
         let subscription = hub
             .subscribe_with(&channel_name(&schema, &table), capacity, policy)
             .await?;
-        Self::with_subscription(subscription, client)
+        Ok(Self::with_subscription(subscription, client, fetch_sql))
     }
 
-    fn with_subscription(subscription: Subscription, client: C) -> OrmResult<Self> {
-        Ok(ChangeFeed {
+    fn with_subscription(subscription: Subscription, client: C, fetch_sql: String) -> Self {
+        ChangeFeed {
             subscription,
             client,
-            fetch_sql: fetch_sql::<M>()?,
+            fetch_sql,
             ready: VecDeque::new(),
             resync_owed: false,
-        })
+        }
     }
 
     /// The channel the feed listens to.
@@ -142,8 +150,8 @@ impl<M: Model, C: GenericClient> ChangeFeed<M, C> {
                 Err(error) => return Some(Err(error)),
             };
             let Some(keys) = collect_keys(&batch) else {
-                // A payload that is not the trigger's: which rows changed
-                // is unknown.
+                // A TRUNCATE, or a payload that is not the trigger's:
+                // which rows changed is unknown.
                 return Some(Ok(vec![Change::Resync]));
             };
             if keys.is_empty() {
@@ -210,6 +218,10 @@ fn collect_keys(batch: &NotificationBatch) -> Option<KeyOps> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     for notification in batch.iter() {
         let (op, keys) = parse_payload(&notification.payload)?;
+        if op == b'T' {
+            // A TRUNCATE: every row is gone, which no key list tells.
+            return None;
+        }
         for key in keys {
             let text = key.get();
             if !text.starts_with('{') {
@@ -227,7 +239,7 @@ fn collect_keys(batch: &NotificationBatch) -> Option<KeyOps> {
     Some(KeyOps { order })
 }
 
-/// Reads `{"op":"I|U|D","keys":[...]}` as the trigger writes it: the
+/// Reads `{"op":"I|U|D|T","keys":[...]}` as the trigger writes it: the
 /// operation and each key's JSON text as it is (no re-encoding).
 fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>)> {
     let rest = payload.strip_prefix(r#"{"op":""#)?;
@@ -235,20 +247,68 @@ fn parse_payload(payload: &str) -> Option<(u8, Vec<&serde_json::value::RawValue>
         b'I' => b'I',
         b'U' => b'U',
         b'D' => b'D',
+        b'T' => b'T',
         _ => return None,
     };
     let keys = rest[1..].strip_prefix(r#"","keys":"#)?.strip_suffix('}')?;
     serde_json::from_str(keys).ok().map(|keys| (op, keys))
 }
 
-/// `ordinal, found, key columns…, model columns…` for a JSON array of keys:
-/// each key becomes a row of the table's type, joined to the table.
-fn fetch_sql<M: Model>() -> OrmResult<String> {
+/// Refuses a table whose triggers are missing or written for another
+/// channel (the table was renamed or moved since `install`): the feed
+/// would wait for ever. Any feed version will do: the payloads are the
+/// same, so an older application keeps working after a newer one upgraded
+/// the triggers.
+async fn check_installed<M: Model>(client: &impl GenericClient) -> OrmResult<()> {
+    let (installed, table) = notifies_current_channel::<M>(client).await?;
+    if installed {
+        return Ok(());
+    }
+    Err(ValidationError::Setting {
+        setting: "change feed",
+        reason: format!(
+            "the change feed of {table} is not installed for the table as it is now named \
+             (missing, or the table was renamed or moved since): call changes::install first"
+        ),
+    }
+    .into())
+}
+
+/// The SQL types of the key columns, as the server writes them
+/// (`format_type`, quoted where needed).
+async fn key_types<M: Model>(client: &impl GenericClient) -> OrmResult<Vec<String>> {
     let table = qualified_table::<M>()?;
-    let mut select = String::from("SELECT e.ordinal, t.ctid IS NOT NULL");
+    let mut types = Vec::with_capacity(M::KEY_COLUMNS.len());
+    for column in M::KEY_COLUMNS {
+        let row = client
+            .query_one(
+                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                 WHERE a.attrelid = $1::text::regclass AND a.attname = $2 \
+                   AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&table, column],
+            )
+            .await?;
+        types.push(crate::model::decode_at(&row, 0)?);
+    }
+    Ok(types)
+}
+
+/// `"pgorm ordinal", "pgorm found", key columns…, model columns…` for a
+/// JSON array of keys: each key becomes a record of the key columns only
+/// (`jsonb_to_record` with their types: a row of the whole table would
+/// check every other column's domain against NULL), joined to the table.
+fn fetch_sql<M: Model>(key_types: &[String]) -> OrmResult<String> {
+    let table = qualified_table::<M>()?;
+    // Aliased so that a model column called `ordinal` (read by name) is
+    // the table's, not the batch position.
+    let mut select = String::from(
+        "SELECT e.ordinal AS \"pgorm ordinal\", t.ctid IS NOT NULL AS \"pgorm found\"",
+    );
     let mut join = String::new();
-    for (i, column) in M::KEY_COLUMNS.iter().enumerate() {
+    let mut record = Vec::with_capacity(key_types.len());
+    for (i, (column, ty)) in M::KEY_COLUMNS.iter().zip(key_types).enumerate() {
         let column = quote_identifier(column)?;
+        record.push(format!("{column} {ty}"));
         select.push_str(&format!(", k.{column} AS \"pgorm key {i}\""));
         join.push_str(if i == 0 { " ON " } else { " AND " });
         join.push_str(&format!("t.{column} = k.{column}"));
@@ -259,8 +319,9 @@ fn fetch_sql<M: Model>() -> OrmResult<String> {
     }
     Ok(format!(
         "{select} FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e(key, ordinal) \
-         CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.key) AS k \
-         LEFT JOIN {table} t{join} ORDER BY e.ordinal"
+         CROSS JOIN LATERAL jsonb_to_record(e.key) AS k({record}) \
+         LEFT JOIN {table} t{join} ORDER BY e.ordinal",
+        record = record.join(", ")
     ))
 }
 

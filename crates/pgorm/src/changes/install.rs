@@ -1,7 +1,7 @@
 //! Installing and removing a table's change-feed triggers, and the channel
 //! they notify on.
 
-use crate::error::OrmResult;
+use crate::error::{OrmResult, ValidationError};
 use crate::model::{qualified_table, quote_identifier, Model};
 use crate::pg_client::PgClient;
 use crate::GenericClient;
@@ -9,10 +9,12 @@ use crate::GenericClient;
 /// The version of the trigger functions this pgorm installs, kept at the
 /// start of each function's comment. A different comment makes [`install`]
 /// replace the function and its triggers.
-pub const FEED_VERSION: &str = "pgorm change feed 3";
+pub const FEED_VERSION: &str = "pgorm change feed 4";
 
-/// The three statement-level triggers, by operation.
-const TRIGGERS: [(&str, &str, &str); 3] = [
+/// The four statement-level triggers, by operation (TRUNCATE has no
+/// transition table: it sends one `T` notification, which the feed turns
+/// into a resync).
+const TRIGGERS: [(&str, &str, &str); 4] = [
     ("pgorm_changes_insert", "INSERT", "NEW TABLE AS pgorm_new"),
     (
         "pgorm_changes_update",
@@ -20,6 +22,7 @@ const TRIGGERS: [(&str, &str, &str); 3] = [
         "OLD TABLE AS pgorm_old NEW TABLE AS pgorm_new",
     ),
     ("pgorm_changes_delete", "DELETE", "OLD TABLE AS pgorm_old"),
+    ("pgorm_changes_truncate", "TRUNCATE", ""),
 ];
 
 /// How many bytes of keys (as JSON, with separators) one notification
@@ -116,16 +119,18 @@ fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<Strin
             chunked = chunked(&keys_sql),
         ))
     };
-    Ok(format!(
+    let sql = format!(
         r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
-LANGUAGE plpgsql AS $pgorm$
+LANGUAGE plpgsql AS {TAG_MARK}
 DECLARE
     payload text;
     change_op text;
     counted bigint;
     fits boolean := true;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify({channel}, '{{"op":"T","keys":[]}}');
+    ELSIF TG_OP = 'INSERT' THEN
         {insert}
     ELSIF TG_OP = 'DELETE' THEN
         {delete}
@@ -151,15 +156,29 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$pgorm$"#,
+{TAG_MARK}"#,
         insert = single("I", "pgorm_new")?,
         delete = single("D", "pgorm_old")?,
         few_plus_one = FEW + 1,
         few = FEW,
         fits = 2 * KEY_BYTES_PER_NOTIFICATION,
         chunked_update = chunked(&changed),
-    ))
+        channel = channel,
+    );
+    // The body holds the channel and the key columns' names, which may
+    // contain any fixed dollar-quote tag: pick one that the body does not.
+    let mut tag = String::from("$pgorm$");
+    let mut n = 0u32;
+    while sql.contains(&tag) {
+        n += 1;
+        tag = format!("$pgorm{n}$");
+    }
+    Ok(sql.replace(TAG_MARK, &tag))
 }
+
+/// Where the dollar-quote tag goes until it is chosen: a NUL, which no
+/// identifier (nor, so, the channel) can contain.
+const TAG_MARK: &str = "\u{0}tag\u{0}";
 
 /// Statements of at most this many rows skip the chunking query when their
 /// keys fit one notification.
@@ -173,15 +192,49 @@ fn function_name(table: &str) -> String {
 
 /// What the function's comment says: the version, the channel, the keys.
 fn function_comment(channel: &str, keys: &[&str]) -> String {
-    format!("{FEED_VERSION}; channel {channel:?}; keys {keys:?}")
+    format!("{FEED_VERSION}{}", comment_tail(channel, keys))
+}
+
+/// The part of the function's comment after the version.
+fn comment_tail(channel: &str, keys: &[&str]) -> String {
+    format!("; channel {channel:?}; keys {keys:?}")
+}
+
+/// Whether the INSERT, UPDATE and DELETE triggers of a pgorm feed (of any
+/// version) on `M`'s table notify the channel of the table's current name
+/// with `M`'s keys: what a [`ChangeFeed`](super::ChangeFeed) needs.
+pub(crate) async fn notifies_current_channel<M: Model>(
+    client: &impl GenericClient,
+) -> OrmResult<(bool, String)> {
+    let feed = feed_of::<M>(client).await?;
+    let (schema, table_name) = resolve_table::<M>(client).await?;
+    let tail = comment_tail(&channel_name(&schema, &table_name), M::KEY_COLUMNS);
+    let names: Vec<&str> = TRIGGERS[..3].iter().map(|(name, _, _)| *name).collect();
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger t \
+             WHERE t.tgrelid = $1::text::regclass AND t.tgname = ANY($2) \
+               AND starts_with(obj_description(t.tgfoid, 'pg_proc'), 'pgorm change feed ') \
+               AND right(obj_description(t.tgfoid, 'pg_proc'), length($3)) = $3",
+            &[&feed.table, &names, &tail],
+        )
+        .await?;
+    let count: i64 = crate::model::decode_at(&row, 0)?;
+    Ok((count == names.len() as i64, feed.table))
 }
 
 /// The channel a table's feed notifies on: `pgorm_changes:schema.table`,
 /// or, when that is longer than PostgreSQL's 63-byte limit, its first bytes
 /// followed by `#` and a 16-digit hash of the whole name, so two long names
-/// never share a channel by truncation.
+/// never share a channel by truncation. A name containing `.` or `"` is
+/// written in double quotes (inner `"` doubled), so schema `a.b` with
+/// table `c` and schema `a` with table `b.c` get different channels.
 pub fn channel_name(schema: &str, table: &str) -> String {
-    let full = format!("pgorm_changes:{schema}.{table}");
+    let full = format!(
+        "pgorm_changes:{}.{}",
+        channel_part(schema),
+        channel_part(table)
+    );
     if full.len() <= 63 {
         return full;
     }
@@ -191,6 +244,16 @@ pub fn channel_name(schema: &str, table: &str) -> String {
         cut -= 1;
     }
     format!("{}{suffix}", &full[..cut])
+}
+
+/// `name` as it is, or in double quotes when it contains `.` or `"`: an
+/// unquoted part has neither, so `schema.table` reads back one way only.
+fn channel_part(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(['.', '"']) {
+        format!("\"{}\"", name.replace('"', "\"\"")).into()
+    } else {
+        name.into()
+    }
 }
 
 /// FNV-1a, 64 bits: stable across Rust versions and platforms.
@@ -240,7 +303,7 @@ async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
     })
 }
 
-/// Whether the function with this exact comment and all three triggers
+/// Whether the function with this exact comment and all four triggers
 /// calling it are on the table already.
 async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
@@ -260,9 +323,9 @@ async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool>
 
 /// Installs the change feed of `M`'s table: a trigger function of its own
 /// (in the table's schema, versioned by [`FEED_VERSION`] in its comment)
-/// and three statement-level `AFTER INSERT/UPDATE/DELETE` triggers with
+/// and four statement-level triggers: `AFTER INSERT/UPDATE/DELETE` with
 /// transition tables, so a statement sends one notification per chunk of
-/// keys, not one per row. Runs in one transaction under an advisory lock.
+/// keys, not one per row, and `AFTER TRUNCATE`, which makes feeds resync. Runs in one transaction under an advisory lock.
 ///
 /// Returns `false` when the current feed was installed already (nothing is
 /// changed), `true` when it installed or upgraded it.
@@ -275,21 +338,23 @@ async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool>
 /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
 /// exist or the role may not create triggers on it;
 /// [`OrmError::Validation`](crate::OrmError::Validation) for names that
-/// cannot be identifiers.
+/// cannot be identifiers, for a key column the table lacks or that may be
+/// NULL, and for a partitioned table or one with
+/// inheritance children (a write straight into a partition fires no
+/// trigger of the parent: its changes would be lost silently).
 pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let tx = client.transaction().await?;
     let feed = feed_of::<M>(&tx).await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('pgorm change feed'), hashtext($1))",
-        &[&feed.table],
-    )
-    .await?;
+    lock(&tx, &feed).await?;
+    refuse_partitioned(&tx, &feed).await?;
+    check_keys::<M>(&tx, &feed).await?;
     if is_current(&tx, &feed).await? {
         tx.rollback().await?;
         return Ok(false);
     }
     let (schema, table_name) = resolve_table::<M>(&tx).await?;
     let channel = channel_name(&schema, &table_name);
+    let previous = trigger_functions(&tx, &feed).await?;
     tx.execute(
         &function_sql(&feed.function, &channel, M::KEY_COLUMNS)?,
         &[],
@@ -312,20 +377,134 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
         .await?;
         tx.execute(
             &format!(
-                "CREATE TRIGGER {name} AFTER {operation} ON {} \
-                 REFERENCING {referencing} FOR EACH STATEMENT \
+                "CREATE TRIGGER {name} AFTER {operation} ON {} {}FOR EACH STATEMENT \
                  EXECUTE FUNCTION {}()",
-                feed.table, feed.function
+                feed.table,
+                if referencing.is_empty() {
+                    String::new()
+                } else {
+                    format!("REFERENCING {referencing} ")
+                },
+                feed.function
             ),
             &[],
         )
         .await?;
     }
+    // The function of before a rename of the table has another name.
+    drop_unused(&tx, &previous).await?;
     tx.commit().await?;
     Ok(true)
 }
 
-/// Removes the feed from `M`'s table: its three triggers and its function.
+/// Takes the transaction-scoped advisory lock of the table's feed, which
+/// [`install`] and [`uninstall`] both hold while they change it.
+async fn lock(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext('pgorm change feed'), hashtext($1))",
+            &[&feed.table],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Refuses key columns that the table lacks or that may be NULL: PL/pgSQL
+/// checks the function's queries only when they run, so a wrong key column
+/// would make every write to the table fail in the trigger.
+async fn check_keys<M: Model>(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
+    for column in M::KEY_COLUMNS {
+        let row = client
+            .query_opt(
+                "SELECT a.attnotnull FROM pg_attribute a \
+                 WHERE a.attrelid = $1::text::regclass AND a.attname = $2 \
+                   AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&feed.table, column],
+            )
+            .await?;
+        let problem = match row {
+            None => "does not exist",
+            Some(row) if !crate::model::decode_at::<bool>(&row, 0)? => "may be NULL",
+            Some(_) => continue,
+        };
+        return Err(ValidationError::Setting {
+            setting: "change feed",
+            reason: format!("key column {column:?} of {} {problem}", feed.table),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Refuses a partitioned table or one with inheritance children: the
+/// statement-level triggers fire only for statements that name the table
+/// itself, so a write straight into a partition or child would never reach
+/// a feed.
+async fn refuse_partitioned(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
+    let row = client
+        .query_one(
+            "SELECT c.relkind = 'p' OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) \
+             FROM pg_class c WHERE c.oid = $1::text::regclass",
+            &[&feed.table],
+        )
+        .await?;
+    let parent: bool = crate::model::decode_at(&row, 0)?;
+    if !parent {
+        return Ok(());
+    }
+    Err(ValidationError::Setting {
+        setting: "change feed",
+        reason: format!(
+            "{} has partitions or inheritance children; writes straight into them \
+             would not fire its statement triggers, so its changes cannot all be seen",
+            feed.table
+        ),
+    }
+    .into())
+}
+
+/// The functions (as `regprocedure` text, quoted by the server) that the
+/// feed's triggers on the table call now: after a rename of the table,
+/// not the one [`function_name`] gives.
+async fn trigger_functions(client: &impl GenericClient, feed: &Feed) -> OrmResult<Vec<String>> {
+    let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
+    let rows = client
+        .query(
+            "SELECT DISTINCT t.tgfoid::regprocedure::text FROM pg_trigger t \
+             JOIN pg_proc p ON p.oid = t.tgfoid \
+             WHERE t.tgrelid = $1::text::regclass AND t.tgname = ANY($2) \
+               AND p.proname LIKE 'pgorm\\_changes\\_%'",
+            &[&feed.table, &names],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| crate::model::decode_at(row, 0))
+        .collect()
+}
+
+/// Drops each of `functions` that still exists and that no trigger calls
+/// any more.
+async fn drop_unused(client: &impl GenericClient, functions: &[String]) -> OrmResult<()> {
+    for function in functions {
+        let row = client
+            .query_one(
+                "SELECT f IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgfoid = f) \
+                 FROM to_regprocedure($1) f",
+                &[function],
+            )
+            .await?;
+        let unused: bool = crate::model::decode_at(&row, 0)?;
+        if unused {
+            // `function` is the server's own rendering of a regprocedure.
+            client
+                .execute(&format!("DROP FUNCTION IF EXISTS {function}"), &[])
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the feed from `M`'s table: its four triggers and its function.
 /// Returns whether there was anything to remove.
 ///
 /// # Errors
@@ -333,6 +512,7 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
 pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let tx = client.transaction().await?;
     let feed = feed_of::<M>(&tx).await?;
+    lock(&tx, &feed).await?;
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
     let present: i64 = tx
         .query_one(
@@ -341,6 +521,7 @@ pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
         )
         .await?
         .get(0);
+    let previous = trigger_functions(&tx, &feed).await?;
     for name in names {
         tx.execute(
             &format!("DROP TRIGGER IF EXISTS {name} ON {}", feed.table),
@@ -350,6 +531,7 @@ pub async fn uninstall<M: Model>(client: &PgClient) -> OrmResult<bool> {
     }
     tx.execute(&format!("DROP FUNCTION IF EXISTS {}()", feed.function), &[])
         .await?;
+    drop_unused(&tx, &previous).await?;
     tx.commit().await?;
     Ok(present > 0)
 }
@@ -370,6 +552,8 @@ mod tests {
             channel_name("public", "users"),
             "pgorm_changes:public.users"
         );
+        assert_ne!(channel_name("a.b", "c"), channel_name("a", "b.c"));
+        assert_eq!(channel_name("a.b", "c"), "pgorm_changes:\"a.b\".c");
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   now: inserted and updated rows, deleted keys (also for a row that was
 //!   changed and then deleted before the feed fetched it).
 //! - Whenever something may have been missed — the hub reconnected, the
-//!   subscription's queue overflowed, a fetch failed — the feed yields
+//!   subscription's queue overflowed, a fetch failed, the table was
+//!   truncated (a fourth trigger, `AFTER TRUNCATE`) — the feed yields
 //!   [`Change::Resync`]: reload the table.
 //!
 //! # Example
@@ -73,7 +74,8 @@ pub enum Change<M: Model> {
     Updated(M),
     /// The row with this key is gone.
     Deleted(M::Key),
-    /// Changes may have been missed (reconnect, overflow, failed fetch):
+    /// Changes may have been missed (reconnect, overflow, failed fetch,
+    /// TRUNCATE):
     /// reload the table.
     Resync,
 }

@@ -44,7 +44,7 @@ pub fn decode_at<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> OrmResult<T>
         column: column.name().to_owned(),
         sql_type: column.type_().name().to_owned(),
         rust_type: std::any::type_name::<T>(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -60,7 +60,34 @@ pub use tokio_postgres::types::Json;
 /// [`OrmError::ColumnDecode`].
 #[cfg(feature = "json")]
 pub fn decode_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> OrmResult<T> {
-    decode::<Json<T>>(row, column).map(|json| json.0)
+    let raw = decode::<Json<Box<serde_json::value::RawValue>>>(row, column)?;
+    from_json(row, column, &raw.0)
+}
+
+/// `raw` as a `T`; a mismatch is reported without the document's values
+/// (serde_json's messages quote them: "invalid type: string \"…\"").
+#[cfg(feature = "json")]
+fn from_json<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    column: &str,
+    raw: &serde_json::value::RawValue,
+) -> OrmResult<T> {
+    serde_json::from_str(raw.get()).map_err(|error| OrmError::ColumnDecode {
+        column: column.to_owned(),
+        sql_type: row
+            .columns()
+            .iter()
+            .find(|c| c.name() == column)
+            .map_or_else(String::new, |c| c.type_().name().to_owned()),
+        rust_type: std::any::type_name::<T>(),
+        source: format!(
+            "the JSON document does not fit the type ({:?} error at line {}, column {})",
+            error.classify(),
+            error.line(),
+            error.column()
+        )
+        .into(),
+    })
 }
 
 /// Reads a `json`/`jsonb` column that may be NULL: NULL is `None`.
@@ -72,5 +99,8 @@ pub fn decode_json_opt<T: serde::de::DeserializeOwned>(
     row: &Row,
     column: &str,
 ) -> OrmResult<Option<T>> {
-    decode::<Option<Json<T>>>(row, column).map(|json| json.map(|json| json.0))
+    match decode::<Option<Json<Box<serde_json::value::RawValue>>>>(row, column)? {
+        Some(raw) => from_json(row, column, &raw.0).map(Some),
+        None => Ok(None),
+    }
 }
