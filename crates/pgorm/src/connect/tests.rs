@@ -7,9 +7,10 @@ use super::*;
 /// A deadline that only catches hangs.
 const HANG: Duration = Duration::from_secs(30);
 
-/// Listens on a channel, notifies it `payloads` from the same session,
-/// and returns what came through the tap and how many notifications
-/// `poll_message` yielded instead.
+/// Listens on a channel of its own, notifies it `payloads` from the same
+/// session, and returns what came through the tap and how many
+/// notifications `poll_message` yielded instead. (The tests run at once on
+/// one database: a shared channel would hear the others' notifications.)
 async fn notify_self(
     connector: &dyn Connector,
     url: &str,
@@ -18,9 +19,14 @@ async fn notify_self(
     let config: Config = url.parse().unwrap();
     let (client, mut connection) = connector.connect(&config).await.unwrap();
     assert!(connection.tap().is_some(), "the connection carries a tap");
-    let mut sql = String::from("LISTEN tapped;");
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let channel = format!(
+        "tapped_{}",
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut sql = format!("LISTEN {channel};");
     for payload in payloads {
-        sql.push_str(&format!("NOTIFY tapped, '{payload}';"));
+        sql.push_str(&format!("NOTIFY {channel}, '{payload}';"));
     }
     let mut statement = std::pin::pin!(client.batch_execute(&sql));
     let mut lifted = Vec::new();
