@@ -22,6 +22,7 @@
 
 mod binaries;
 mod nats;
+mod process;
 mod proxy;
 mod server;
 mod tls;

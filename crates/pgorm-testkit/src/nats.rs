@@ -4,11 +4,11 @@
 use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::process::{free_port, ChildSlot};
 use crate::Error;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,7 +26,7 @@ pub struct NatsServer {
     dir: PathBuf,
     port: u16,
     bin: PathBuf,
-    child: Mutex<Option<Child>>,
+    child: ChildSlot,
 }
 
 /// Finds the `nats-server` binary.
@@ -78,7 +78,7 @@ impl NatsServer {
                 dir: dir.clone(),
                 port: free_port()?,
                 bin: bin.clone(),
-                child: Mutex::new(None),
+                child: ChildSlot::default(),
             };
             match server.start() {
                 Ok(()) => return Ok(server),
@@ -113,7 +113,7 @@ impl NatsServer {
     /// # Errors
     /// When it exits or is not ready within 30 s.
     pub fn start(&self) -> Result<(), Error> {
-        let mut guard = self.lock();
+        let mut guard = self.child.lock();
         if let Some(child) = guard.as_mut() {
             if child.try_wait()?.is_none() {
                 return Ok(());
@@ -198,33 +198,11 @@ impl NatsServer {
 
     /// Whether the server process runs.
     pub fn is_running(&self) -> bool {
-        match self.lock().as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        self.child
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.child.is_running()
     }
 
     fn signal_and_wait(&self, signal: libc::c_int) -> Result<(), Error> {
-        let Some(mut child) = self.lock().take() else {
-            return Ok(());
-        };
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        let pid = libc::pid_t::try_from(child.id())
-            .map_err(|_| Error::Setup("nats-server pid out of range".into()))?;
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-        if unsafe { libc::kill(pid, signal) } != 0 {
-            return Err(Error::Io(std::io::Error::last_os_error()));
-        }
-        child.wait()?;
-        Ok(())
+        self.child.signal_and_wait(signal, "nats-server")
     }
 }
 
@@ -233,11 +211,6 @@ impl Drop for NatsServer {
         let _ = self.kill();
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// A detached shell that kills the server and removes `dir` once this

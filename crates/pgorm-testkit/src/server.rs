@@ -7,18 +7,18 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::process::{free_port, ChildSlot};
 use crate::{binaries, Error};
 
 /// The superuser every throwaway server is created with.
 pub const SUPERUSER: &str = "pgorm";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -103,7 +103,7 @@ pub struct TestServer {
     bin: PathBuf,
     run_as: Option<RunAs>,
     settings: Vec<(String, String)>,
-    postmaster: Mutex<Option<Child>>,
+    postmaster: ChildSlot,
 }
 
 impl TestServer {
@@ -190,7 +190,7 @@ impl TestServer {
                 bin: bin.clone(),
                 run_as,
                 settings: options.settings.clone(),
-                postmaster: Mutex::new(None),
+                postmaster: ChildSlot::default(),
             };
             match server.start() {
                 Ok(()) => return Ok(server),
@@ -294,7 +294,7 @@ impl TestServer {
     }
 
     fn start_once(&self) -> Result<(), Error> {
-        let mut postmaster = self.lock();
+        let mut postmaster = self.postmaster.lock();
         if let Some(child) = postmaster.as_mut() {
             if child.try_wait()?.is_none() {
                 return Ok(());
@@ -398,45 +398,11 @@ impl TestServer {
 
     /// Whether the postmaster is running.
     pub fn is_running(&self) -> bool {
-        match self.lock().as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        self.postmaster
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.postmaster.is_running()
     }
 
     fn signal_and_wait(&self, signal: libc::c_int) -> Result<(), Error> {
-        let mut postmaster = self.lock();
-        let Some(mut child) = postmaster.take() else {
-            return Ok(());
-        };
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill has no memory-safety preconditions; pid is our child.
-        if unsafe { libc::kill(pid, signal) } != 0 {
-            return Err(Error::Io(io::Error::last_os_error()));
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::Setup(format!(
-                    "postgres did not exit within {STOP_TIMEOUT:?} of signal {signal}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.postmaster.signal_and_wait(signal, "postgres")
     }
 
     /// The postmaster writes its pid as the first line of `postmaster.pid`
@@ -509,11 +475,6 @@ fn write_owned(path: &Path, bytes: &[u8], run_as: Option<RunAs>) -> io::Result<(
         run_as.chown(path)?;
     }
     Ok(())
-}
-
-fn free_port() -> io::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// 32 hex characters from the kernel's random source.
