@@ -64,10 +64,10 @@ async fn next_change(feed: &mut Feed) -> Change<Item> {
 }
 
 /// Reads changes until `done` says the collected ones are complete.
-async fn collect_until(
-    feed: &mut Feed,
-    mut done: impl FnMut(&[Change<Item>]) -> bool,
-) -> Vec<Change<Item>> {
+async fn collect_until<M: Model>(
+    feed: &mut ChangeFeed<M, PgClient>,
+    mut done: impl FnMut(&[Change<M>]) -> bool,
+) -> Vec<Change<M>> {
     let mut seen = Vec::new();
     within("the changes", async {
         while !done(&seen) {
@@ -456,6 +456,18 @@ struct WideKey {
     name: String,
 }
 
+/// The distinct names of `changes`, which must all be inserts (or all
+/// updates, with `updates`); any other change fails the test.
+fn wide_names(changes: &[Change<WideKey>], updates: bool) -> BTreeSet<String> {
+    changes
+        .iter()
+        .map(|change| match (change, updates) {
+            (Change::Inserted(row), false) | (Change::Updated(row), true) => row.name.clone(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn wide_keys_are_chunked_under_the_payload_limit() {
     let setup = setup().await;
@@ -477,18 +489,8 @@ async fn wide_keys_are_chunked_under_the_payload_limit() {
         )
         .await
         .unwrap();
-    let mut names = BTreeSet::new();
-    within("the wide keys", async {
-        while names.len() < 200 {
-            for change in feed.next_batch().await.unwrap().unwrap() {
-                match change {
-                    Change::Inserted(row) => assert!(names.insert(row.name)),
-                    other => panic!("expected inserts, got {other:?}"),
-                }
-            }
-        }
-    })
-    .await;
+    let seen = collect_until(&mut feed, |seen| wide_names(seen, false).len() >= 200).await;
+    assert_eq!(seen.len(), 200, "each key once");
     assert!(feed.stats().received >= 200 * 1500 / 8000);
 
     // A few rows whose keys together do not fit one notification.
@@ -500,18 +502,8 @@ async fn wide_keys_are_chunked_under_the_payload_limit() {
         )
         .await
         .unwrap();
-    let mut inserted = BTreeSet::new();
-    within("the few wide inserts", async {
-        while inserted.len() < 5 {
-            for change in feed.next_batch().await.unwrap().unwrap() {
-                match change {
-                    Change::Inserted(row) => inserted.insert(row.name),
-                    other => panic!("unexpected {other:?}"),
-                };
-            }
-        }
-    })
-    .await;
+    let seen = collect_until(&mut feed, |seen| wide_names(seen, false).len() >= 5).await;
+    let inserted = wide_names(&seen, false);
     setup
         .client
         .execute(
@@ -520,17 +512,7 @@ async fn wide_keys_are_chunked_under_the_payload_limit() {
         )
         .await
         .unwrap();
-    let mut updated = BTreeSet::new();
-    within("the few wide updates", async {
-        while updated.len() < 5 {
-            for change in feed.next_batch().await.unwrap().unwrap() {
-                match change {
-                    Change::Updated(row) => updated.insert(row.name),
-                    other => panic!("unexpected {other:?}"),
-                };
-            }
-        }
-    })
-    .await;
+    let seen = collect_until(&mut feed, |seen| wide_names(seen, true).len() >= 5).await;
+    let updated = wide_names(&seen, true);
     assert_eq!(inserted, updated);
 }
