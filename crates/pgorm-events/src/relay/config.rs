@@ -107,7 +107,10 @@ impl RelayConfig {
     }
 
     /// How soon a standby takes over after the active relay died (at least
-    /// 1 s; the server's keepalive settings have a one-second grain).
+    /// 1 s; the server's keepalive settings have a one-second grain). The
+    /// lock's session sets the server-side `tcp_keepalives_*` and
+    /// `tcp_user_timeout` from it, replacing any given in the URL's
+    /// `options` on that one session.
     pub fn takeover(mut self, takeover: Duration) -> Self {
         self.takeover = takeover;
         self
