@@ -12,7 +12,9 @@ pub(crate) fn quote_literal(text: &str) -> String {
 }
 
 /// The shipped migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-/// `{s}` is the quoted schema, `{channel}` the wake-up channel as a literal.
+/// `{s}` is the quoted schema, `{channel}` the wake-up channel as a literal,
+/// `{wake_lock_class}` the debounce lock's class and `{wake_flag}` the
+/// transaction-local setting that marks a decided wake-up (see [`fill`]).
 /// Never edit a shipped migration; add a new one.
 const MIGRATIONS: &[&str] = &[
     // 1: the queue, dead and completed events, wake-ups.
@@ -93,6 +95,13 @@ CREATE TRIGGER wake AFTER INSERT ON {s}.events
 DROP TRIGGER wake ON {s}.events;
 CREATE OR REPLACE FUNCTION {s}.wake() RETURNS trigger LANGUAGE plpgsql AS $pgorm$
 BEGIN
+    -- Once per transaction: the trigger fires for every row inserted, and a
+    -- transaction's first try decides for all of them (its NOTIFY, if any,
+    -- covers every event it commits).
+    IF current_setting({wake_flag}, true) = '1' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config({wake_flag}, '1', true);
     -- The lock is per 10 ms window: a transaction that fires this early
     -- (SET CONSTRAINTS ALL IMMEDIATE) or is slow to commit keeps only its
     -- own window's lock, so it silences other publishers for 10 ms at most.
@@ -411,15 +420,29 @@ impl Statements {
             .filter(|(number, _)| *number > version)
             .map(|(number, sql)| {
                 let class = WAKE_LOCK_CLASS.to_string();
+                let flag = wake_flag(&self.schema);
                 let values = [
                     ("{s}", self.schema.as_str()),
                     ("{channel}", self.channel_literal.as_str()),
                     ("{wake_lock_class}", class.as_str()),
+                    ("{wake_flag}", flag.as_str()),
                 ];
                 (number, fill(sql, &values))
             })
             .collect()
     }
+}
+
+/// The transaction-local setting (as a literal) that marks a transaction
+/// whose wake-up was already decided, one per schema: `pgorm_events.woke_`
+/// and an FNV-1a hash of the quoted schema name.
+fn wake_flag(quoted_schema: &str) -> String {
+    let hash = quoted_schema
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    quote_literal(&format!("pgorm_events.woke_{hash:016x}"))
 }
 
 /// Replaces the placeholders of `template` in one pass: text filled in (a
