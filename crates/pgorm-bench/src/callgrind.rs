@@ -14,7 +14,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pgorm::listen::{ListenerEvent, QueuePolicy};
+use pgorm::listen::QueuePolicy;
 
 use crate::peers::{self, Consumer, LISTENER, LISTENER_BATCH, RAW, SQLX};
 
@@ -25,6 +25,7 @@ const RUNS: &[&str] = &[
     LISTENER_BATCH,
     "pgorm PgNotifyHub x1",
     "pgorm PgNotifyHub x100",
+    "pgorm PgNotifyHub x100 next_ref",
     "pgorm PgNotifyHub x100 next_batch",
     SQLX,
 ];
@@ -150,13 +151,7 @@ pub fn child(run: &str, count: &str, url: &str) {
         .build()
         .expect("runtime");
     let channel = format!("bench_callgrind_{}", std::process::id());
-    let hub = run.strip_prefix("pgorm PgNotifyHub x").map(|rest| {
-        let (subscribers, batches) = match rest.split_once(' ') {
-            Some((n, "next_batch")) => (n, true),
-            _ => (rest, false),
-        };
-        (subscribers.parse::<usize>().expect("subscribers"), batches)
-    });
+    let hub = peers::hub_run(run);
     let mut consumer = None;
     let mut subscribers = None;
     runtime.block_on(async {
@@ -186,39 +181,10 @@ pub fn child(run: &str, count: &str, url: &str) {
             return consumer.count(count).await.1;
         }
         let (_hub, subscriptions) = subscribers.expect("a hub");
-        let batches = hub.is_some_and(|(_, batches)| batches);
+        let (_, read) = hub.expect("a hub run");
         let tasks: Vec<_> = subscriptions
             .into_iter()
-            .map(|mut subscription| {
-                tokio::spawn(async move {
-                    let (mut seen, mut dropped) = (0, 0);
-                    while seen + dropped < count {
-                        let event = if batches {
-                            match subscription.next_batch().await {
-                                Some(Ok(ListenerEvent::Notification(batch))) => {
-                                    seen += batch.len() as u64;
-                                    continue;
-                                }
-                                Some(Ok(event)) => event.map_notification(),
-                                _ => break,
-                            }
-                        } else {
-                            match subscription.next_event().await {
-                                Some(Ok(ListenerEvent::Notification(_))) => {
-                                    seen += 1;
-                                    continue;
-                                }
-                                Some(Ok(event)) => event.map_notification(),
-                                _ => break,
-                            }
-                        };
-                        if let ListenerEvent::Lagged { dropped: d } = event {
-                            dropped += d;
-                        }
-                    }
-                    dropped
-                })
-            })
+            .map(|subscription| tokio::spawn(peers::drain_subscription(subscription, count, read)))
             .collect();
         let mut dropped = 0;
         for task in tasks {
@@ -248,19 +214,4 @@ fn publish(url: &str, channel: &str, count: u64) {
     })
     .join()
     .expect("the publisher");
-}
-
-/// A marker of a batch subscription as a marker of single notifications.
-trait MapNotification {
-    fn map_notification(self) -> ListenerEvent<()>;
-}
-
-impl<N> MapNotification for ListenerEvent<N> {
-    fn map_notification(self) -> ListenerEvent<()> {
-        match self {
-            ListenerEvent::Lagged { dropped } => ListenerEvent::Lagged { dropped },
-            ListenerEvent::Reconnected { generation } => ListenerEvent::Reconnected { generation },
-            _ => ListenerEvent::Notification(()),
-        }
-    }
 }

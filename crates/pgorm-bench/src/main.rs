@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use peers::{Consumer, Received, HUB, LISTENER, LISTENER_BATCH, LISTENER_TLS, RAW, RAW_TLS, SQLX};
-use pgorm::listen::{ListenerEvent, QueuePolicy};
+use pgorm::listen::QueuePolicy;
 
 const THROUGHPUT_TOTAL: i64 = 200_000;
 const THROUGHPUT_TX: i64 = 1_000;
@@ -81,6 +81,7 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
             LISTENER_BATCH,
             "pgorm PgNotifyHub x1",
             "pgorm PgNotifyHub x100",
+            "pgorm PgNotifyHub x100 next_ref",
             "pgorm PgNotifyHub x100 next_batch",
             SQLX,
             "publisher alone",
@@ -489,56 +490,18 @@ async fn throughput(run: &str, url: &str) -> Results {
         results.insert("publish_rate".into(), total as f64 / elapsed.as_secs_f64());
         return results;
     }
-    let (elapsed, cpu, dropped) = if let Some(subscribers) = run.strip_prefix("pgorm PgNotifyHub x")
-    {
-        // "x100" reads one notification at a time, "x100 next_batch" whole
-        // shared batches.
-        let (subscribers, batches) = match subscribers.split_once(' ') {
-            Some((count, "next_batch")) => (count, true),
-            _ => (subscribers, false),
-        };
-        let subscribers: usize = subscribers.parse().unwrap();
+    let (elapsed, cpu, dropped) = if let Some((subscribers, read)) = peers::hub_run(run) {
+        // "x100" reads one shared notification at a time, "x100 next_ref"
+        // one lent notification at a time, "x100 next_batch" whole shared
+        // batches.
         let (_hub, subscriptions) = peers::hub_with_subscribers(url, &channel, subscribers).await;
         let cpu0 = measure::thread_cpu();
         let t0 = Instant::now();
         start.send(()).unwrap();
         let tasks: Vec<_> = subscriptions
             .into_iter()
-            .map(|mut subscription| {
-                tokio::spawn(async move {
-                    let total = total as u64;
-                    let (mut count, mut dropped) = (0, 0);
-                    while count + dropped < total {
-                        let event = if batches {
-                            subscription.next_batch().await.map(|event| {
-                                event.map(|event| match event {
-                                    ListenerEvent::Notification(batch) => batch.len() as u64,
-                                    ListenerEvent::Lagged { dropped: d } => {
-                                        dropped += d;
-                                        0
-                                    }
-                                    _ => 0,
-                                })
-                            })
-                        } else {
-                            subscription.next_event().await.map(|event| {
-                                event.map(|event| match event {
-                                    ListenerEvent::Notification(_) => 1,
-                                    ListenerEvent::Lagged { dropped: d } => {
-                                        dropped += d;
-                                        0
-                                    }
-                                    _ => 0,
-                                })
-                            })
-                        };
-                        match event {
-                            Some(Ok(notifications)) => count += notifications,
-                            _ => break,
-                        }
-                    }
-                    dropped
-                })
+            .map(|subscription| {
+                tokio::spawn(peers::drain_subscription(subscription, total as u64, read))
             })
             .collect();
         let mut dropped = 0;

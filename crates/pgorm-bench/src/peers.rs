@@ -289,3 +289,71 @@ pub async fn hub_with_subscribers(
     }
     (hub, subscriptions)
 }
+
+/// How each subscriber reads in the fan-out measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubRead {
+    /// `next_event`: one shared `Arc<PgNotification>` at a time.
+    Event,
+    /// `next_ref`: one lent `&PgNotification` at a time.
+    Ref,
+    /// `next_batch`: whole shared batches.
+    Batch,
+}
+
+/// The subscribers and the read of a run named
+/// `pgorm PgNotifyHub x<N>[ next_ref| next_batch]`; `None` for other runs.
+pub fn hub_run(run: &str) -> Option<(usize, HubRead)> {
+    let rest = run.strip_prefix("pgorm PgNotifyHub x")?;
+    let (subscribers, read) = match rest.split_once(' ') {
+        Some((n, "next_batch")) => (n, HubRead::Batch),
+        Some((n, "next_ref")) => (n, HubRead::Ref),
+        Some((_, other)) => panic!("unknown hub read {other}"),
+        None => (rest, HubRead::Event),
+    };
+    Some((subscribers.parse().expect("subscribers"), read))
+}
+
+/// Reads `subscription` until `total` notifications have arrived or been
+/// dropped; returns how many were dropped.
+pub async fn drain_subscription(mut subscription: Subscription, total: u64, read: HubRead) -> u64 {
+    let (mut seen, mut dropped) = (0, 0);
+    while seen + dropped < total {
+        let marker = match read {
+            HubRead::Event => match subscription.next_event().await {
+                Some(Ok(ListenerEvent::Notification(_))) => {
+                    seen += 1;
+                    continue;
+                }
+                Some(Ok(event)) => lagged(&event),
+                _ => break,
+            },
+            HubRead::Ref => match subscription.next_ref().await {
+                Some(Ok(ListenerEvent::Notification(_))) => {
+                    seen += 1;
+                    continue;
+                }
+                Some(Ok(event)) => lagged(&event),
+                _ => break,
+            },
+            HubRead::Batch => match subscription.next_batch().await {
+                Some(Ok(ListenerEvent::Notification(batch))) => {
+                    seen += batch.len() as u64;
+                    continue;
+                }
+                Some(Ok(event)) => lagged(&event),
+                _ => break,
+            },
+        };
+        dropped += marker;
+    }
+    dropped
+}
+
+/// How many notifications a marker says were dropped.
+fn lagged<N>(event: &ListenerEvent<N>) -> u64 {
+    match event {
+        ListenerEvent::Lagged { dropped } => *dropped,
+        _ => 0,
+    }
+}

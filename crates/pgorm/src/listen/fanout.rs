@@ -363,16 +363,78 @@ impl FanoutReceiver {
         // The common case, a notification of a batch already taken, in as
         // few steps as it takes: one reference count, no lock.
         if let Some(ListenerEvent::Notification(batch)) = self.taken.front_mut() {
-            let notification = batch.run[batch.start].clone();
-            // In place: replacing the batch would count its run twice.
-            batch.start += 1;
-            if batch.start == batch.end {
-                self.taken.pop_front();
+            if batch.start < batch.end {
+                let notification = batch.run[batch.start].clone();
+                // In place: replacing the batch would count its run twice.
+                batch.start += 1;
+                if batch.start == batch.end {
+                    self.taken.pop_front();
+                }
+                self.held -= 1;
+                return Some(Some(Ok(ListenerEvent::Notification(notification))));
             }
-            self.held -= 1;
-            return Some(Some(Ok(ListenerEvent::Notification(notification))));
+            // Spent by `next_ref`, which cannot pop what it lent.
+            self.taken.pop_front();
+            return self.next(consumer);
         }
         self.next_slow(consumer)
+    }
+
+    /// Pops the batch at the front if a view read ([`NextRef`]) handed out
+    /// the last of it (it cannot pop the batch it lends from).
+    #[inline]
+    fn discard_spent(&mut self) {
+        if let Some(ListenerEvent::Notification(batch)) = self.taken.front() {
+            if batch.is_empty() {
+                self.taken.pop_front();
+            }
+        }
+    }
+
+    /// Readies the next event for [`NextRef`]: a marker is removed and
+    /// returned; `Notification(())` says that a notification is at the front
+    /// of `taken`, for [`lend_front`](Self::lend_front) to hand out. The
+    /// consumer's waker is registered when nothing is queued.
+    #[inline]
+    fn poll_ref(&mut self, cx: &mut Context<'_>) -> Poll<Option<OrmResult<ListenerEvent<()>>>> {
+        loop {
+            match self.taken.front() {
+                Some(ListenerEvent::Notification(batch)) if !batch.is_empty() => {
+                    return Poll::Ready(Some(Ok(ListenerEvent::Notification(()))));
+                }
+                Some(ListenerEvent::Notification(_)) => {
+                    self.taken.pop_front();
+                }
+                Some(_) => {
+                    return Poll::Ready(Some(Ok(match self.taken.pop_front() {
+                        Some(ListenerEvent::Reconnected { generation }) => {
+                            ListenerEvent::Reconnected { generation }
+                        }
+                        Some(ListenerEvent::Lagged { dropped }) => ListenerEvent::Lagged { dropped },
+                        _ => unreachable!("a marker is at the front"),
+                    })));
+                }
+                None => match self.fill(Some(cx.waker())) {
+                    None => return Poll::Pending,
+                    Some(Some(end)) => return Poll::Ready(end.map(Err)),
+                    Some(None) => continue,
+                },
+            }
+        }
+    }
+
+    /// Hands out the notification at the front of `taken` (which
+    /// [`poll_ref`](Self::poll_ref) found) as a view into its batch. The
+    /// batch stays at the front, spent or not, until the next read: the
+    /// view borrows it.
+    #[inline]
+    fn lend_front(&mut self) -> &PgNotification {
+        let Some(ListenerEvent::Notification(batch)) = self.taken.front_mut() else {
+            unreachable!("poll_ref found a notification at the front");
+        };
+        batch.start += 1;
+        self.held -= 1;
+        &batch.run[batch.start - 1]
     }
 
     /// [`next`](Self::next) when no notification is at the front: a marker,
@@ -405,6 +467,7 @@ impl FanoutReceiver {
         &mut self,
         consumer: Option<&Waker>,
     ) -> Option<Option<OrmResult<ListenerEvent<NotificationBatch>>>> {
+        self.discard_spent();
         if self.taken.is_empty() {
             if let Some(end) = self.fill(consumer)? {
                 return Some(end.map(Err));
@@ -455,9 +518,55 @@ impl FanoutReceiver {
     }
 }
 
+/// The future of [`Subscription::next_ref`]: the next event, its
+/// notification a view into the batch the receiver holds.
+///
+/// [`Subscription::next_ref`]: crate::listen::Subscription::next_ref
+pub(crate) struct NextRef<'a> {
+    receiver: Option<&'a mut FanoutReceiver>,
+}
+
+impl<'a> NextRef<'a> {
+    pub(crate) fn new(receiver: &'a mut FanoutReceiver) -> Self {
+        NextRef {
+            receiver: Some(receiver),
+        }
+    }
+}
+
+impl<'a> std::future::Future for NextRef<'a> {
+    type Output = Option<OrmResult<ListenerEvent<&'a PgNotification>>>;
+
+    #[inline]
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let receiver = self
+            .receiver
+            .take()
+            .expect("NextRef polled after it completed");
+        Poll::Ready(match receiver.poll_ref(cx) {
+            Poll::Pending => {
+                self.receiver = Some(receiver);
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(ListenerEvent::Notification(())))) => {
+                Some(Ok(ListenerEvent::Notification(receiver.lend_front())))
+            }
+            Poll::Ready(Some(Ok(ListenerEvent::Reconnected { generation }))) => {
+                Some(Ok(ListenerEvent::Reconnected { generation }))
+            }
+            Poll::Ready(Some(Ok(ListenerEvent::Lagged { dropped }))) => {
+                Some(Ok(ListenerEvent::Lagged { dropped }))
+            }
+            Poll::Ready(Some(Err(error))) => Some(Err(error)),
+            Poll::Ready(None) => None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     fn batch(payloads: &[&str]) -> NotificationBatch {
         let run: Vec<_> = payloads
@@ -574,6 +683,101 @@ mod tests {
         }
         assert_eq!(seen, ["1", "23", "R2", "4"]);
         assert_eq!(triple(receiver.counts()), (4, 0, 0));
+    }
+
+    /// Everything readable now through view reads, as [`drain`] does.
+    fn drain_refs(receiver: &mut FanoutReceiver) -> Vec<String> {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut seen = Vec::new();
+        loop {
+            let mut read = std::pin::pin!(NextRef::new(receiver));
+            match read.as_mut().poll(&mut cx) {
+                Poll::Ready(Some(Ok(ListenerEvent::Notification(n)))) => {
+                    seen.push(n.payload.clone())
+                }
+                Poll::Ready(Some(Ok(ListenerEvent::Lagged { dropped }))) => {
+                    seen.push(format!("L{dropped}"))
+                }
+                Poll::Ready(Some(Ok(ListenerEvent::Reconnected { generation }))) => {
+                    seen.push(format!("R{generation}"))
+                }
+                Poll::Pending | Poll::Ready(_) => return seen,
+            }
+        }
+    }
+
+    #[test]
+    fn view_reads_see_what_single_reads_see_and_count_each_as_delivered() {
+        let fill = || {
+            let queue = queue(3, QueuePolicy::DropOldest);
+            push(&queue, &batch(&["1", "2"]));
+            push(&queue, &batch(&["3", "4", "5"]));
+            let _ = queue.push_reconnected(1);
+            push(&queue, &batch(&["6"]));
+            FanoutReceiver::new(queue)
+        };
+        let (mut singles, mut views) = (fill(), fill());
+        let expected = drain(&mut singles);
+        assert_eq!(expected, ["L3", "4", "5", "R1", "6"]);
+        assert_eq!(drain_refs(&mut views), expected);
+        assert_eq!(triple(views.counts()), triple(singles.counts()));
+    }
+
+    #[test]
+    fn view_reads_mix_with_single_and_batch_reads_in_order() {
+        let queue = queue(16, QueuePolicy::DropOldest);
+        push(&queue, &batch(&["1", "2", "3"]));
+        push(&queue, &batch(&["4", "5"]));
+        let mut receiver = FanoutReceiver::new(queue.clone());
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut view = |receiver: &mut FanoutReceiver| -> String {
+            let mut read = std::pin::pin!(NextRef::new(receiver));
+            match read.as_mut().poll(&mut cx) {
+                Poll::Ready(Some(Ok(ListenerEvent::Notification(n)))) => n.payload.clone(),
+                _ => panic!("a notification"),
+            }
+        };
+        assert_eq!(view(&mut receiver), "1");
+        assert_eq!(describe(receiver.try_next().unwrap().unwrap().unwrap()), "2");
+        assert_eq!(view(&mut receiver), "3");
+        // The first batch is spent but still held: a single read passes it.
+        assert_eq!(triple(receiver.counts()), (3, 0, 2));
+        assert_eq!(view(&mut receiver), "4");
+        assert_eq!(view(&mut receiver), "5");
+        // A batch read after a spent batch finds nothing, and registers.
+        assert!(receiver.next_batch(None).is_none());
+        push(&queue, &batch(&["6", "7"]));
+        assert_eq!(view(&mut receiver), "6");
+        let Some(Some(Ok(ListenerEvent::Notification(rest)))) = receiver.next_batch(None) else {
+            panic!("the rest of the batch");
+        };
+        assert_eq!(rest.iter().map(|n| n.payload.as_str()).collect::<Vec<_>>(), ["7"]);
+        assert!(receiver.try_next().is_none());
+        assert_eq!(triple(receiver.counts()), (7, 0, 0));
+    }
+
+    #[test]
+    fn a_view_read_ends_with_the_stream_after_what_is_queued() {
+        let queue = queue(4, QueuePolicy::DropOldest);
+        push(&queue, &batch(&["1"]));
+        let _ = queue.finish(Some(OrmError::closed("test")));
+        let mut receiver = FanoutReceiver::new(queue);
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut poll = |receiver: &mut FanoutReceiver| {
+            let mut read = std::pin::pin!(NextRef::new(receiver));
+            match read.as_mut().poll(&mut cx) {
+                Poll::Ready(Some(Ok(ListenerEvent::Notification(n)))) => n.payload.clone(),
+                Poll::Ready(Some(Err(_))) => "error".into(),
+                Poll::Ready(None) => "end".into(),
+                _ => "other".into(),
+            }
+        };
+        assert_eq!(poll(&mut receiver), "1");
+        assert_eq!(poll(&mut receiver), "error");
+        assert_eq!(poll(&mut receiver), "end");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::listen::command::{ended_abnormally, ChannelCommand, Command, DriverSh
 use crate::listen::config::{PgListenerConfig, QueuePolicy};
 use crate::listen::driver;
 use crate::listen::event::{ListenerEvent, ListenerState, PgNotification};
-use crate::listen::fanout::{FanoutReceiver, NotificationBatch};
+use crate::listen::fanout::{FanoutReceiver, NextRef, NotificationBatch};
 use crate::listen::hooks::HookSlot;
 use crate::listen::listener::{server_channels, skip_markers};
 use crate::listen::router::Router;
@@ -514,6 +514,48 @@ impl Subscription {
     #[inline]
     pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent<Arc<PgNotification>>>> {
         std::future::poll_fn(|cx| self.receiver.poll_next(cx)).await
+    }
+
+    /// The next event, markers included, in order, with its notification
+    /// lent rather than shared: a `&PgNotification` that borrows the
+    /// subscription until the next read. It is the cheapest way to read one
+    /// notification at a time: no reference count is touched per
+    /// notification, which with many subscribers of a busy channel is most
+    /// of what [`next_event`](Self::next_event) costs. `Arc::new(n.clone())`
+    /// or `n.clone()` keeps one beyond the next read.
+    ///
+    /// ```
+    /// use pgorm::listen::{ListenerEvent, PgNotifyHub};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> pgorm::OrmResult<()> {
+    /// # let database_url = pgorm_testkit::TestServer::shared().url();
+    /// let hub = PgNotifyHub::connect(&database_url).await?;
+    /// let mut subscription = hub.subscribe("prices").await?;
+    ///
+    /// let client = pgorm::PgClient::connect(&database_url).await?;
+    /// pgorm::listen::notify_batch(&client, [("prices", "10"), ("prices", "12")]).await?;
+    ///
+    /// let mut total = 0;
+    /// let mut seen = 0;
+    /// while seen < 2 {
+    ///     match subscription.next_ref().await.unwrap()? {
+    ///         ListenerEvent::Notification(notification) => {
+    ///             total += notification.payload.parse::<u32>().unwrap();
+    ///             seen += 1;
+    ///         }
+    ///         _marker => { /* Reconnected or Lagged: resync */ }
+    ///     }
+    /// }
+    /// assert_eq!(total, 22);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`next`](Self::next).
+    #[inline]
+    pub async fn next_ref(&mut self) -> Option<OrmResult<ListenerEvent<&PgNotification>>> {
+        NextRef::new(&mut self.receiver).await
     }
 
     /// The next [`NotificationBatch`] (the notifications that arrived
