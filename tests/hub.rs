@@ -403,6 +403,91 @@ async fn batches_carry_every_notification_in_order_with_gaps_and_reconnects_betw
     );
 }
 
+/// Reads `subscription` one lent notification at a time until `count`
+/// notifications have come, as [`read_batches`] does.
+async fn read_refs(subscription: &mut Subscription, count: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut notifications = 0;
+    while notifications < count {
+        let event = within("the next lent notification", subscription.next_ref())
+            .await
+            .expect("the subscription ended")
+            .expect("the subscription failed");
+        match event {
+            ListenerEvent::Notification(notification) => {
+                notifications += 1;
+                seen.push(notification.payload.clone());
+            }
+            ListenerEvent::Lagged { dropped } => {
+                notifications += dropped as usize;
+                seen.push(format!("L{dropped}"));
+            }
+            ListenerEvent::Reconnected { generation } => seen.push(format!("R{generation}")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn lent_reads_see_every_notification_and_marker_in_order_and_mix_with_other_reads() {
+    let channel = unique("lent");
+    let name = unique("lent_app");
+    let hub = named_hub(&name).await;
+    let mut lent = hub.subscribe(&channel).await.unwrap();
+    let mut mixed = hub.subscribe(&channel).await.unwrap();
+    let mut small = hub
+        .subscribe_with(&channel, 10, QueuePolicy::DropOldest)
+        .await
+        .unwrap();
+    let admin = raw_client(&TestServer::shared().url()).await;
+    admin
+        .execute(
+            "SELECT pg_notify($1, n::text) FROM generate_series(0, 999) AS n",
+            &[&channel],
+        )
+        .await
+        .unwrap();
+
+    let all: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    assert_eq!(read_refs(&mut lent, 1000).await, all);
+    // Lent, shared and batch reads of one subscription, in turn.
+    let mut seen = Vec::new();
+    while seen.len() < 1000 {
+        seen.extend(read_refs(&mut mixed, 1).await);
+        if seen.len() < 1000 {
+            seen.push(next_of(&mut mixed).await.payload.clone());
+        }
+        if seen.len() < 1000 {
+            let batch = within("a batch", mixed.next_batch()).await.unwrap().unwrap();
+            let ListenerEvent::Notification(batch) = batch else {
+                panic!("a batch, not {batch:?}");
+            };
+            seen.extend(batch.iter().map(|n| n.payload.clone()));
+        }
+    }
+    assert_eq!(seen, all);
+    // A queue of 10 that fell behind: the gap first, then the newest 10.
+    let expected: Vec<String> = std::iter::once("L990".to_string())
+        .chain((990..1000).map(|i| i.to_string()))
+        .collect();
+    assert_eq!(read_refs(&mut small, 1000).await, expected);
+
+    let mut reconnects = hub.reconnects();
+    terminate_backends(&admin, &name).await;
+    within("the reconnect", reconnects.changed()).await.unwrap();
+    send(&admin, &channel, "after").await;
+    for subscription in [&mut lent, &mut mixed, &mut small] {
+        assert_eq!(read_refs(subscription, 1).await, ["R1", "after"]);
+        let stats = subscription.stats();
+        assert_eq!(
+            (stats.received, stats.delivered + stats.dropped, stats.queued),
+            (1001, 1001, 0),
+            "every lent notification counts as delivered"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_thousand_subscribers_share_one_connection() {
     let channels: Vec<String> = (0..10).map(|_| unique("fanout")).collect();

@@ -202,10 +202,12 @@ impl Sink for Router {
         };
         let total = batch.len();
         let mut reconnected = None;
+        // Added once, under the routes lock, as the stats read it.
+        let mut received = 0;
         for event in batch.drain(..) {
             match event {
                 ListenerEvent::Notification(notification) => {
-                    self.received.fetch_add(1, Ordering::Relaxed);
+                    received += 1;
                     match groups
                         .iter_mut()
                         .find(|(channel, _)| channel == notification.channel())
@@ -235,6 +237,7 @@ impl Sink for Router {
             }
         }
         flush(&mut routes, &mut groups, &mut wake);
+        self.received.fetch_add(received, Ordering::Relaxed);
         drop(routes);
         if let Some(generation) = reconnected {
             // Watchers run no code here, but wake up: outside the lock too.
