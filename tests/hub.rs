@@ -459,7 +459,10 @@ async fn lent_reads_see_every_notification_and_marker_in_order_and_mix_with_othe
             seen.push(next_of(&mut mixed).await.payload.clone());
         }
         if seen.len() < 1000 {
-            let batch = within("a batch", mixed.next_batch()).await.unwrap().unwrap();
+            let batch = within("a batch", mixed.next_batch())
+                .await
+                .unwrap()
+                .unwrap();
             let ListenerEvent::Notification(batch) = batch else {
                 panic!("a batch, not {batch:?}");
             };
@@ -481,7 +484,11 @@ async fn lent_reads_see_every_notification_and_marker_in_order_and_mix_with_othe
         assert_eq!(read_refs(subscription, 1).await, ["R1", "after"]);
         let stats = subscription.stats();
         assert_eq!(
-            (stats.received, stats.delivered + stats.dropped, stats.queued),
+            (
+                stats.received,
+                stats.delivered + stats.dropped,
+                stats.queued
+            ),
             (1001, 1001, 0),
             "every lent notification counts as delivered"
         );

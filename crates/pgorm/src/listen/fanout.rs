@@ -410,7 +410,9 @@ impl FanoutReceiver {
                         Some(ListenerEvent::Reconnected { generation }) => {
                             ListenerEvent::Reconnected { generation }
                         }
-                        Some(ListenerEvent::Lagged { dropped }) => ListenerEvent::Lagged { dropped },
+                        Some(ListenerEvent::Lagged { dropped }) => {
+                            ListenerEvent::Lagged { dropped }
+                        }
                         _ => unreachable!("a marker is at the front"),
                     })));
                 }
@@ -740,7 +742,10 @@ mod tests {
             }
         };
         assert_eq!(view(&mut receiver), "1");
-        assert_eq!(describe(receiver.try_next().unwrap().unwrap().unwrap()), "2");
+        assert_eq!(
+            describe(receiver.try_next().unwrap().unwrap().unwrap()),
+            "2"
+        );
         assert_eq!(view(&mut receiver), "3");
         // The first batch is spent but still held: a single read passes it.
         assert_eq!(triple(receiver.counts()), (3, 0, 2));
@@ -753,7 +758,10 @@ mod tests {
         let Some(Some(Ok(ListenerEvent::Notification(rest)))) = receiver.next_batch(None) else {
             panic!("the rest of the batch");
         };
-        assert_eq!(rest.iter().map(|n| n.payload.as_str()).collect::<Vec<_>>(), ["7"]);
+        assert_eq!(
+            rest.iter().map(|n| n.payload.as_str()).collect::<Vec<_>>(),
+            ["7"]
+        );
         assert!(receiver.try_next().is_none());
         assert_eq!(triple(receiver.counts()), (7, 0, 0));
     }

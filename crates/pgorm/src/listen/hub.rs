@@ -158,7 +158,8 @@ pub struct SubscriptionStats {
     /// Notifications the hub routed to this subscription.
     pub received: u64,
     /// Notifications the subscription has returned (from `next`,
-    /// `next_event`, `next_batch`, `try_next_event` or the `Stream`).
+    /// `next_event`, `next_ref`, `next_batch`, `try_next_event` or the
+    /// `Stream`).
     pub delivered: u64,
     /// Notifications its queue policy discarded (announced by `Lagged`
     /// markers).
@@ -456,8 +457,9 @@ fn check_policy(policy: QueuePolicy) -> OrmResult<()> {
 /// channel shares the one the hub read, so fanning out to many subscribers
 /// copies nothing (`notification.payload` reads the same;
 /// `Arc::unwrap_or_clone` gives an owned one). With many subscribers,
-/// [`next_batch`](Self::next_batch) is cheaper still: it hands over a shared
-/// run of notifications at once.
+/// [`next_ref`](Self::next_ref) (one lent `&PgNotification` at a time) and
+/// [`next_batch`](Self::next_batch) (a shared run at once) are cheaper: they
+/// touch no reference count per notification.
 ///
 /// Dropping the last subscription of a channel makes the hub `UNLISTEN` it.
 /// A subscription is also a [`Stream`] of `OrmResult<Arc<PgNotification>>`
