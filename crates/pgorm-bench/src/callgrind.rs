@@ -36,6 +36,9 @@ const LARGE: u64 = 11_000;
 /// The parent: runs every peer under callgrind and prints the table.
 pub fn parent(args: &[String]) {
     let (mut small, mut large) = (SMALL, LARGE);
+    // `--only NAME` (repeatable): just the peers whose name contains NAME,
+    // and the raw loop for the ratio.
+    let mut only: Vec<String> = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let value = || -> u64 {
@@ -47,6 +50,7 @@ pub fn parent(args: &[String]) {
         match arg.as_str() {
             "--small" => small = value(),
             "--large" => large = value(),
+            "--only" => only.push(iter.clone().next().expect("a peer name").clone()),
             _ => continue,
         }
         iter.next();
@@ -70,7 +74,9 @@ pub fn parent(args: &[String]) {
     println!("| peer | instructions / notification | × raw | dropped |");
     println!("|---|---|---|---|");
     let mut raw = None;
-    for run in RUNS {
+    let wanted =
+        |run: &str| run == RAW || only.is_empty() || only.iter().any(|o| run.contains(o.as_str()));
+    for run in RUNS.iter().filter(|run| wanted(run)) {
         eprintln!("callgrind: {run}");
         let mut figures = Vec::new();
         let mut dropped = 0;

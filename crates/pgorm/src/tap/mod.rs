@@ -302,11 +302,56 @@ fn find_nul(bytes: &[u8]) -> Option<usize> {
         .map(|position| at + position)
 }
 
-/// Whether `bytes` is UTF-8: ASCII first, which is cheaper to check.
+/// Where the one NUL byte of `bytes` is, for ASCII text (what channels and
+/// most payloads are), checked in one pass eight bytes at a time:
+/// `Ok(Some(at))` when `bytes` holds exactly one NUL, `Ok(None)` when it
+/// holds none or several, `Err(NotAscii)` when a byte is not ASCII (the
+/// caller then checks the general way).
 #[inline]
-fn is_utf8(bytes: &[u8]) -> bool {
-    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+fn ascii_single_nul(bytes: &[u8]) -> Result<Option<usize>, NotAscii> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const LOWS: u64 = u64::from_le_bytes([0x7f; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let (mut high, mut found, mut several) = (0u64, None, false);
+    // One word starting at byte `at`: its high bits, and its zero bytes.
+    let mut scan = |word: u64, at: usize| {
+        high |= word;
+        // Exact, unlike `find_nul`'s test: a byte's high bit ends up set
+        // unless the byte is zero.
+        let zeros = !((word & LOWS).wrapping_add(LOWS) | word) & HIGHS;
+        if zeros != 0 {
+            several |= found.is_some() || zeros & (zeros - 1) != 0;
+            found = Some(at + zeros.trailing_zeros() as usize / 8);
+        }
+    };
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        scan(u64::from_le_bytes(word.try_into().unwrap_or_default()), at);
+        at += 8;
+    }
+    let rest = words.remainder().len();
+    if rest > 0 {
+        if let Some(tail) = bytes.len().checked_sub(8) {
+            // The last eight bytes, those scanned already made non-zero.
+            let word = u64::from_le_bytes(bytes[tail..].try_into().unwrap_or_default());
+            let scanned = 8 * (8 - rest);
+            scan(word | (ONES & ((1u64 << scanned) - 1)), tail);
+        } else {
+            let mut word = [0x01; 8];
+            word[..rest].copy_from_slice(bytes);
+            scan(u64::from_le_bytes(word), 0);
+        }
+    }
+    if high & HIGHS != 0 {
+        return Err(NotAscii);
+    }
+    Ok(if several { None } else { found })
 }
+
+/// [`ascii_single_nul`] found a byte that is not ASCII.
+#[derive(Debug, PartialEq, Eq)]
+struct NotAscii;
 
 /// `process_id`, then channel and payload as "channel\0payload" with the
 /// channel's length, of a `NotificationResponse` body, if it is exactly
@@ -319,15 +364,20 @@ fn parse_notification(body: &[u8]) -> Option<(i32, &[u8], usize)> {
     if last != 0 {
         return None;
     }
-    let channel_end = find_nul(strings)?;
-    let payload = &strings[channel_end + 1..];
-    if find_nul(payload).is_some() {
-        return None;
-    }
-    // One check for both: NUL is a character of its own.
-    if !is_utf8(strings) {
-        return None;
-    }
+    let channel_end = match ascii_single_nul(strings) {
+        Ok(found) => found?,
+        Err(NotAscii) => {
+            let channel_end = find_nul(strings)?;
+            if find_nul(&strings[channel_end + 1..]).is_some() {
+                return None;
+            }
+            // One check for both: NUL is a character of its own.
+            if std::str::from_utf8(strings).is_err() {
+                return None;
+            }
+            channel_end
+        }
+    };
     Some((process_id, strings, channel_end))
 }
 

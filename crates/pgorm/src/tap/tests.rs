@@ -360,3 +360,60 @@ proptest! {
         prop_assert_eq!(run_tap(&client, &server, &pieces), reference(&client, &server));
     }
 }
+
+/// `parse_notification` as its contract reads, one rule at a time.
+fn parse_by_the_rules(body: &[u8]) -> Option<(i32, &[u8], usize)> {
+    let process_id = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    let strings = body[4..].strip_suffix(&[0])?;
+    let channel_end = strings.iter().position(|byte| *byte == 0)?;
+    if strings[channel_end + 1..].contains(&0) || std::str::from_utf8(strings).is_err() {
+        return None;
+    }
+    Some((process_id, strings, channel_end))
+}
+
+/// Bodies near the edges of the one-pass check: NULs anywhere (none, one,
+/// several), ASCII and not, lengths around multiples of eight.
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![
+        6 => 0x20u8..0x7f,
+        2 => Just(0u8),
+        1 => 0x80u8..=0xff,
+        1 => 0x01u8..0x20,
+    ];
+    proptest::collection::vec(byte, 0..40).prop_map(|strings| {
+        let mut body = vec![0, 0, 1, 2];
+        body.extend(strings);
+        body
+    })
+}
+
+proptest! {
+    #[test]
+    fn the_one_pass_parse_agrees_with_the_rules(body in body(), text in "[a-z\u{e9}\u{4e2d}]{0,20}", at in 0usize..21) {
+        prop_assert_eq!(parse_notification(&body), parse_by_the_rules(&body));
+        // Valid UTF-8 with multi-byte characters, one NUL inside.
+        let mut strings = text.into_bytes();
+        let at = at.min(strings.len());
+        strings.insert(at, 0);
+        let mut body = vec![0, 0, 0, 7];
+        body.extend(&strings);
+        body.push(0);
+        prop_assert_eq!(parse_notification(&body), parse_by_the_rules(&body));
+    }
+}
+
+#[test]
+fn the_one_pass_parse_finds_the_separator_in_every_position() {
+    for length in 1..40 {
+        for at in 0..length {
+            let mut body = vec![0, 0, 0, 1];
+            body.extend((0..length).map(|i| if i == at { 0 } else { b'a' + (i % 26) as u8 }));
+            body.push(0);
+            assert_eq!(
+                parse_notification(&body),
+                Some((1, &body[4..4 + length], at))
+            );
+        }
+    }
+}
