@@ -327,31 +327,68 @@ async fn subscribers_keep_receiving_across_a_backend_kill_with_the_marker_in_ord
     assert_eq!(hub.stats().reconnects, 1);
 }
 
-/// Reads `subscription` as batches until `count` notifications have come:
-/// notifications as payloads, markers as `L<n>` / `R<n>`.
-async fn read_batches(subscription: &mut Subscription, count: usize) -> Vec<String> {
+/// How [`read_until`] reads a subscription.
+#[derive(Clone, Copy)]
+enum Read {
+    /// `next_batch`: whole shared batches.
+    Batches,
+    /// `next_ref`: one lent notification at a time.
+    Lent,
+}
+
+/// Reads `subscription` until `count` notifications have come (or been
+/// reported dropped): notifications as payloads, markers as `L<n>` / `R<n>`.
+async fn read_until(subscription: &mut Subscription, count: usize, read: Read) -> Vec<String> {
     let mut seen = Vec::new();
     let mut notifications = 0;
     while notifications < count {
-        let event = within("the next batch", subscription.next_batch())
-            .await
-            .expect("the subscription ended")
-            .expect("the subscription failed");
-        match event {
-            ListenerEvent::Notification(batch) => {
-                assert!(!batch.is_empty(), "a batch is never empty");
-                notifications += batch.len();
-                seen.extend(batch.iter().map(|n| n.payload.clone()));
+        let before = seen.len();
+        let marker = match read {
+            Read::Batches => match next_or_fail(subscription.next_batch()).await {
+                ListenerEvent::Notification(batch) => {
+                    assert!(!batch.is_empty(), "a batch is never empty");
+                    seen.extend(batch.iter().map(|n| n.payload.clone()));
+                    None
+                }
+                marker => Some(describe_marker(&marker)),
+            },
+            Read::Lent => match next_or_fail(subscription.next_ref()).await {
+                ListenerEvent::Notification(notification) => {
+                    seen.push(notification.payload.clone());
+                    None
+                }
+                marker => Some(describe_marker(&marker)),
+            },
+        };
+        match marker {
+            Some((dropped, text)) => {
+                notifications += dropped;
+                seen.push(text);
             }
-            ListenerEvent::Lagged { dropped } => {
-                notifications += dropped as usize;
-                seen.push(format!("L{dropped}"));
-            }
-            ListenerEvent::Reconnected { generation } => seen.push(format!("R{generation}")),
-            other => panic!("unexpected {other:?}"),
+            None => notifications += seen.len() - before,
         }
     }
     seen
+}
+
+/// The next event of a read, failing the test when the subscription ends,
+/// fails or does not answer.
+async fn next_or_fail<N>(
+    read: impl std::future::Future<Output = Option<pgorm::OrmResult<ListenerEvent<N>>>>,
+) -> ListenerEvent<N> {
+    within("the next read", read)
+        .await
+        .expect("the subscription ended")
+        .expect("the subscription failed")
+}
+
+/// A marker as (notifications it says were dropped, `L<n>` or `R<n>`).
+fn describe_marker<N: std::fmt::Debug>(event: &ListenerEvent<N>) -> (usize, String) {
+    match event {
+        ListenerEvent::Lagged { dropped } => (*dropped as usize, format!("L{dropped}")),
+        ListenerEvent::Reconnected { generation } => (0, format!("R{generation}")),
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -375,13 +412,13 @@ async fn batches_carry_every_notification_in_order_with_gaps_and_reconnects_betw
         .unwrap();
 
     let all: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
-    assert_eq!(read_batches(&mut batches, 1000).await, all);
+    assert_eq!(read_until(&mut batches, 1000, Read::Batches).await, all);
     for i in 0..1000 {
         assert_eq!(next_of(&mut singles).await.payload, i.to_string());
     }
     // Mixed: one notification, then the rest as batches, then the gap.
     let mut kept = vec![next_of(&mut small).await.payload.clone()];
-    kept.extend(read_batches(&mut small, 999).await);
+    kept.extend(read_until(&mut small, 999, Read::Batches).await);
     let expected: Vec<String> = (0..10)
         .map(|i| i.to_string())
         .chain(["L990".to_string()])
@@ -392,7 +429,10 @@ async fn batches_carry_every_notification_in_order_with_gaps_and_reconnects_betw
     terminate_backends(&admin, &name).await;
     within("the reconnect", reconnects.changed()).await.unwrap();
     send(&admin, &channel, "after").await;
-    assert_eq!(read_batches(&mut batches, 1).await, ["R1", "after"]);
+    assert_eq!(
+        read_until(&mut batches, 1, Read::Batches).await,
+        ["R1", "after"]
+    );
     assert_eq!(next_of(&mut singles).await.payload, "after");
 
     let stats = hub.stats().channels[0].clone();
@@ -401,32 +441,6 @@ async fn batches_carry_every_notification_in_order_with_gaps_and_reconnects_betw
         (1001, 1001 + 1001 + 10, 990),
         "the small queue still holds \"after\": not delivered yet"
     );
-}
-
-/// Reads `subscription` one lent notification at a time until `count`
-/// notifications have come, as [`read_batches`] does.
-async fn read_refs(subscription: &mut Subscription, count: usize) -> Vec<String> {
-    let mut seen = Vec::new();
-    let mut notifications = 0;
-    while notifications < count {
-        let event = within("the next lent notification", subscription.next_ref())
-            .await
-            .expect("the subscription ended")
-            .expect("the subscription failed");
-        match event {
-            ListenerEvent::Notification(notification) => {
-                notifications += 1;
-                seen.push(notification.payload.clone());
-            }
-            ListenerEvent::Lagged { dropped } => {
-                notifications += dropped as usize;
-                seen.push(format!("L{dropped}"));
-            }
-            ListenerEvent::Reconnected { generation } => seen.push(format!("R{generation}")),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    seen
 }
 
 #[tokio::test]
@@ -450,11 +464,11 @@ async fn lent_reads_see_every_notification_and_marker_in_order_and_mix_with_othe
         .unwrap();
 
     let all: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
-    assert_eq!(read_refs(&mut lent, 1000).await, all);
+    assert_eq!(read_until(&mut lent, 1000, Read::Lent).await, all);
     // Lent, shared and batch reads of one subscription, in turn.
     let mut seen = Vec::new();
     while seen.len() < 1000 {
-        seen.extend(read_refs(&mut mixed, 1).await);
+        seen.extend(read_until(&mut mixed, 1, Read::Lent).await);
         if seen.len() < 1000 {
             seen.push(next_of(&mut mixed).await.payload.clone());
         }
@@ -474,14 +488,17 @@ async fn lent_reads_see_every_notification_and_marker_in_order_and_mix_with_othe
     let expected: Vec<String> = std::iter::once("L990".to_string())
         .chain((990..1000).map(|i| i.to_string()))
         .collect();
-    assert_eq!(read_refs(&mut small, 1000).await, expected);
+    assert_eq!(read_until(&mut small, 1000, Read::Lent).await, expected);
 
     let mut reconnects = hub.reconnects();
     terminate_backends(&admin, &name).await;
     within("the reconnect", reconnects.changed()).await.unwrap();
     send(&admin, &channel, "after").await;
     for subscription in [&mut lent, &mut mixed, &mut small] {
-        assert_eq!(read_refs(subscription, 1).await, ["R1", "after"]);
+        assert_eq!(
+            read_until(subscription, 1, Read::Lent).await,
+            ["R1", "after"]
+        );
         let stats = subscription.stats();
         assert_eq!(
             (
