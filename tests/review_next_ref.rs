@@ -63,8 +63,13 @@ async fn every_kind_of_read_mixed_under_a_concurrent_flood_keeps_order_gaps_and_
         tokio::spawn(async move {
             let admin = raw_client(&TestServer::shared().url()).await;
             for round in 0..ROUNDS {
-                send_numbered(&admin, &channel, (round * PER_ROUND) as i32, PER_ROUND as i32)
-                    .await;
+                send_numbered(
+                    &admin,
+                    &channel,
+                    (round * PER_ROUND) as i32,
+                    PER_ROUND as i32,
+                )
+                .await;
                 tokio::task::yield_now().await;
             }
         })
@@ -176,10 +181,7 @@ async fn a_reconnect_and_the_close_while_a_batch_is_partly_lent_come_after_its_r
     })
     .await;
     let stats = lent.stats();
-    assert_eq!(
-        (stats.received, stats.delivered, stats.queued),
-        (50, 1, 49)
-    );
+    assert_eq!((stats.received, stats.delivered, stats.queued), (50, 1, 49));
 
     let mut reconnects = hub.reconnects();
     terminate_backends(&admin, &name).await;
@@ -188,7 +190,10 @@ async fn a_reconnect_and_the_close_while_a_batch_is_partly_lent_come_after_its_r
 
     let mut seen = Vec::new();
     while seen.last().map(String::as_str) != Some("after") {
-        let read = within("a lent read", lent.next_ref()).await.unwrap().unwrap();
+        let read = within("a lent read", lent.next_ref())
+            .await
+            .unwrap()
+            .unwrap();
         seen.push(match read {
             ListenerEvent::Notification(n) => n.payload.clone(),
             ListenerEvent::Lagged { dropped } => format!("L{dropped}"),
@@ -208,7 +213,10 @@ async fn a_reconnect_and_the_close_while_a_batch_is_partly_lent_come_after_its_r
     );
 
     // The other subscription: one lent, then the rest as a batch.
-    let one = within("one lent", batches.next_ref()).await.unwrap().unwrap();
+    let one = within("one lent", batches.next_ref())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(one, ListenerEvent::Notification(n) if n.payload == "0"));
     send_numbered(&admin, &channel, 100, 3).await;
     eventually("the 3 routed", || {
@@ -246,7 +254,9 @@ async fn a_reconnect_and_the_close_while_a_batch_is_partly_lent_come_after_its_r
         }
     }
     assert_eq!(tail, ["100", "101", "102"]);
-    assert!(within("the end of the lent one", lent.next_ref()).await.is_none());
+    assert!(within("the end of the lent one", lent.next_ref())
+        .await
+        .is_none());
 }
 
 /// Payloads of every length around the one-pass parse's eight-byte words,
@@ -256,7 +266,9 @@ async fn a_reconnect_and_the_close_while_a_batch_is_partly_lent_come_after_its_r
 async fn the_one_pass_parse_reads_every_length_and_position_of_real_notifications() {
     let mut payloads: Vec<String> = Vec::new();
     for length in 0..=40usize {
-        let ascii: String = (0..length).map(|i| (b'!' + (i % 90) as u8) as char).collect();
+        let ascii: String = (0..length)
+            .map(|i| (b'!' + (i % 90) as u8) as char)
+            .collect();
         payloads.push(ascii.clone());
         if length > 0 {
             for at in [0, length / 2, length - 1] {
@@ -295,7 +307,11 @@ async fn the_one_pass_parse_reads_every_length_and_position_of_real_notification
         let expected: Vec<&String> = payloads.iter().chain(&payloads).collect();
         let mut lent = Vec::new();
         while lent.len() < expected.len() {
-            match within("a lent read", subscription.next_ref()).await.unwrap().unwrap() {
+            match within("a lent read", subscription.next_ref())
+                .await
+                .unwrap()
+                .unwrap()
+            {
                 ListenerEvent::Notification(n) => {
                     assert_eq!(n.channel, channel);
                     lent.push(n.payload.clone());

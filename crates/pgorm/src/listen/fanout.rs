@@ -909,7 +909,10 @@ mod tests {
         fn number(n: &PgNotification) -> u64 {
             n.payload.parse().unwrap()
         }
-        fn event<N>(polled: Poll<Option<OrmResult<ListenerEvent<N>>>>, f: impl Fn(N) -> Vec<u64>) -> Seen {
+        fn event<N>(
+            polled: Poll<Option<OrmResult<ListenerEvent<N>>>>,
+            f: impl Fn(N) -> Vec<u64>,
+        ) -> Seen {
             match polled {
                 Poll::Pending => Seen::Pending,
                 Poll::Ready(None) => Seen::End,
@@ -931,7 +934,9 @@ mod tests {
                 let mut future = std::pin::pin!(NextRef::new(receiver));
                 event(future.as_mut().poll(cx), |n| vec![number(n)])
             }
-            3 => event(receiver.poll_next_batch(cx), |b| b.iter().map(|n| number(n)).collect()),
+            3 => event(receiver.poll_next_batch(cx), |b| {
+                b.iter().map(|n| number(n)).collect()
+            }),
             _ => {
                 {
                     let mut future = std::pin::pin!(NextRef::new(&mut *receiver));
