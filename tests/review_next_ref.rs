@@ -334,3 +334,32 @@ async fn the_one_pass_parse_reads_every_length_and_position_of_real_notification
         );
     }
 }
+
+/// `next_ref` in a spawned task of a multi-threaded runtime, with the lent
+/// notification held across an `.await`: the read's future is `Send`, and
+/// the lent notification too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_task_reads_lent_notifications_and_holds_them_across_awaits() {
+    fn assert_send<T: Send>(value: T) -> T {
+        value
+    }
+    let channel = unique("rv_spawned");
+    let hub = PgNotifyHub::connect(&TestServer::shared().url())
+        .await
+        .unwrap();
+    let mut subscription = hub.subscribe(&channel).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let read = assert_send(subscription.next_ref()).await;
+            if let Some(Ok(ListenerEvent::Notification(n))) = read {
+                tokio::task::yield_now().await;
+                seen.push(n.payload.clone());
+            }
+        }
+        seen
+    });
+    let admin = raw_client(&TestServer::shared().url()).await;
+    send_numbered(&admin, &channel, 0, 3).await;
+    assert_eq!(within("the reader", reader).await.unwrap(), ["0", "1", "2"]);
+}
