@@ -873,4 +873,199 @@ mod tests {
         assert_eq!(drain(&mut receiver), ["1", "2", "L1998", "R1000", "L2"]);
         assert_eq!(triple(receiver.counts()), (2, 2000, 0));
     }
+
+    // ---- review: mixed reads against a model --------------------------------
+
+    /// One step of [`mixed_reads_keep_order_gaps_counts_and_wake_ups`].
+    #[derive(Debug, Clone)]
+    enum Step {
+        Push(usize),
+        Reconnect,
+        /// 0: `poll_next`, 1: `try_next`, 2: a `NextRef`, 3: `poll_next_batch`,
+        /// 4: a `NextRef` polled, dropped, then a `poll_next`.
+        Read(u8),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (1usize..6).prop_map(Step::Push),
+            1 => Just(Step::Reconnect),
+            6 => (0u8..5).prop_map(Step::Read),
+        ]
+    }
+
+    /// What a read returned, in a form that outlives the read.
+    enum Seen {
+        Notifications(Vec<u64>),
+        Lagged(u64),
+        Reconnected(u64),
+        Error,
+        End,
+        Pending,
+    }
+
+    fn read(receiver: &mut FanoutReceiver, kind: u8, cx: &mut Context<'_>) -> Seen {
+        fn number(n: &PgNotification) -> u64 {
+            n.payload.parse().unwrap()
+        }
+        fn event<N>(
+            polled: Poll<Option<OrmResult<ListenerEvent<N>>>>,
+            f: impl Fn(N) -> Vec<u64>,
+        ) -> Seen {
+            match polled {
+                Poll::Pending => Seen::Pending,
+                Poll::Ready(None) => Seen::End,
+                Poll::Ready(Some(Err(_))) => Seen::Error,
+                Poll::Ready(Some(Ok(ListenerEvent::Notification(n)))) => Seen::Notifications(f(n)),
+                Poll::Ready(Some(Ok(ListenerEvent::Lagged { dropped }))) => Seen::Lagged(dropped),
+                Poll::Ready(Some(Ok(ListenerEvent::Reconnected { generation }))) => {
+                    Seen::Reconnected(generation)
+                }
+            }
+        }
+        match kind {
+            0 => event(receiver.poll_next(cx), |n| vec![number(&n)]),
+            1 => match receiver.try_next() {
+                None => Seen::Pending,
+                Some(item) => event(Poll::Ready(item), |n| vec![number(&n)]),
+            },
+            2 => {
+                let mut future = std::pin::pin!(NextRef::new(receiver));
+                event(future.as_mut().poll(cx), |n| vec![number(n)])
+            }
+            3 => event(receiver.poll_next_batch(cx), |b| {
+                b.iter().map(|n| number(n)).collect()
+            }),
+            _ => {
+                {
+                    let mut future = std::pin::pin!(NextRef::new(&mut *receiver));
+                    if let Poll::Ready(polled) = future.as_mut().poll(cx) {
+                        return event(Poll::Ready(polled), |n| vec![number(n)]);
+                    }
+                }
+                event(receiver.poll_next(cx), |n| vec![number(&n)])
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any mix of reads (shared, lent, batch, non-blocking; lent reads
+        /// dropped while pending) over any pushes: notifications come in
+        /// order, each gap is announced by exactly as many `Lagged` as it is
+        /// long, `Reconnected` sits between what came before and after it,
+        /// the counts balance and match what was returned after every step,
+        /// a read that waits is woken by the next push, and the end comes
+        /// after everything queued, with its error once.
+        #[test]
+        fn mixed_reads_keep_order_gaps_counts_and_wake_ups(
+            capacity in 1usize..6,
+            newest in proptest::bool::ANY,
+            steps in proptest::collection::vec(step(), 0..60),
+            error in proptest::bool::ANY,
+        ) {
+            let policy = if newest { QueuePolicy::DropNewest } else { QueuePolicy::DropOldest };
+            let queue = queue(capacity, policy);
+            let mut receiver = FanoutReceiver::new(queue.clone());
+            let woken = Arc::new(Woken::default());
+            let waker = Waker::from(woken.clone());
+            let mut cx = Context::from_waker(&waker);
+            let (mut pushed, mut generation) = (0u64, 0u64);
+            let mut boundaries = vec![0u64];
+            let (mut delivered, mut lagged_total) = (0u64, 0u64);
+            let (mut last, mut gap) = (None::<u64>, 0u64);
+            let mut waiting = false;
+            let mut floor = 0u64;
+            let check = |seen: Seen, delivered: &mut u64, lagged_total: &mut u64, last: &mut Option<u64>, gap: &mut u64, boundaries: &Vec<u64>, floor: &mut u64| -> Option<bool> {
+                match seen {
+                    Seen::Notifications(numbers) => {
+                        assert!(!numbers.is_empty(), "an empty batch");
+                        for n in numbers {
+                            assert_eq!(n, last.map_or(0, |l| l + 1) + *gap, "order and gaps");
+                            assert!(n >= *floor, "{n} pushed before a reconnect came after its marker");
+                            *last = Some(n);
+                            *gap = 0;
+                            *delivered += 1;
+                        }
+                        Some(true)
+                    }
+                    Seen::Lagged(dropped) => {
+                        assert!(dropped > 0);
+                        *gap += dropped;
+                        *lagged_total += dropped;
+                        Some(true)
+                    }
+                    Seen::Reconnected(g) => {
+                        let boundary = boundaries[g as usize];
+                        assert!(last.map_or(true, |l| l < boundary), "R{g} after a later notification");
+                        assert!(boundary >= *floor, "markers out of order");
+                        *floor = boundary;
+                        Some(true)
+                    }
+                    Seen::Pending => Some(false),
+                    Seen::Error | Seen::End => None,
+                }
+            };
+            for step in steps {
+                match step {
+                    Step::Push(count) => {
+                        let payloads: Vec<String> = (pushed..pushed + count as u64).map(|n| n.to_string()).collect();
+                        let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+                        pushed += count as u64;
+                        let result = queue.push(&batch(&refs));
+                        if waiting {
+                            assert!(result.consumer.is_some(), "a waiting read was not registered");
+                            waiting = false;
+                        }
+                    }
+                    Step::Reconnect => {
+                        generation += 1;
+                        boundaries.push(pushed);
+                        let consumer = queue.push_reconnected(generation);
+                        if waiting {
+                            assert!(consumer.is_some(), "a waiting read was not registered");
+                            waiting = false;
+                        }
+                    }
+                    Step::Read(kind) => {
+                        let seen = read(&mut receiver, kind, &mut cx);
+                        let pending = matches!(seen, Seen::Pending);
+                        let more = check(seen, &mut delivered, &mut lagged_total, &mut last, &mut gap, &boundaries, &mut floor);
+                        assert!(more.is_some(), "the stream ended early");
+                        if pending {
+                            let counts = receiver.counts();
+                            assert_eq!(counts.queued, 0, "pending with notifications queued");
+                            assert_eq!(queue.len(), 0, "pending with markers queued");
+                            if kind != 1 {
+                                waiting = true;
+                            }
+                        }
+                    }
+                }
+                let counts = receiver.counts();
+                triple(counts);
+                assert_eq!(counts.delivered, delivered, "delivered counts what reads returned");
+            }
+            let _ = queue.finish(error.then(|| OrmError::closed("test")));
+            let mut errors = 0;
+            for kind in (0u8..5).cycle() {
+                let seen = read(&mut receiver, kind, &mut cx);
+                assert!(!matches!(seen, Seen::Pending), "pending after the end");
+                if matches!(seen, Seen::Error) {
+                    errors += 1;
+                    continue;
+                }
+                if check(seen, &mut delivered, &mut lagged_total, &mut last, &mut gap, &boundaries, &mut floor).is_none() {
+                    break;
+                }
+                let counts = receiver.counts();
+                triple(counts);
+                assert_eq!(counts.delivered, delivered);
+            }
+            assert_eq!(errors, u32::from(error));
+            assert_eq!(delivered + lagged_total, pushed, "every notification delivered or announced");
+            let counts = receiver.counts();
+            assert_eq!((counts.delivered, counts.dropped, counts.queued), (delivered, lagged_total, 0));
+        }
+    }
 }

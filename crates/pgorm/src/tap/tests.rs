@@ -417,3 +417,57 @@ fn the_one_pass_parse_finds_the_separator_in_every_position() {
         }
     }
 }
+
+/// Review: every body whose strings (up to 24 bytes) are ASCII text with
+/// one or two edge bytes (NUL, DEL, a lone continuation byte, the first
+/// byte of a two-byte character, 0xff) at any two positions, and every
+/// string of up to 6 bytes over those bytes: the one-pass parse (and its
+/// fallback) agrees with the rules, byte position for byte position.
+#[test]
+fn the_one_pass_parse_agrees_with_the_rules_on_every_edge_body() {
+    let edges = [0u8, 0x7f, 0x80, 0xc3, 0xa9, 0xff];
+    let check = |strings: &[u8]| {
+        let mut body = vec![0x7f, 0, 0, 3];
+        body.extend_from_slice(strings);
+        body.push(0);
+        assert_eq!(
+            parse_notification(&body),
+            parse_by_the_rules(&body),
+            "{strings:?}"
+        );
+        // Without its terminator: never a notification.
+        assert_eq!(
+            parse_notification(&body[..body.len() - 1]),
+            parse_by_the_rules(&body[..body.len() - 1])
+        );
+    };
+    for length in 0..=24usize {
+        let base: Vec<u8> = (0..length).map(|i| b'a' + (i % 26) as u8).collect();
+        check(&base);
+        for i in 0..length {
+            for j in i..length {
+                for a in edges {
+                    for b in edges {
+                        let mut strings = base.clone();
+                        strings[i] = a;
+                        strings[j] = b;
+                        check(&strings);
+                    }
+                }
+            }
+        }
+    }
+    let alphabet = [0u8, b'a', 0x7f, 0x80, 0xc3, 0xa9, 0xff];
+    for length in 0..=6u32 {
+        for mut k in 0..alphabet.len().pow(length) {
+            let strings: Vec<u8> = (0..length)
+                .map(|_| {
+                    let byte = alphabet[k % alphabet.len()];
+                    k /= alphabet.len();
+                    byte
+                })
+                .collect();
+            check(&strings);
+        }
+    }
+}
