@@ -74,9 +74,18 @@ impl FastKey {
         }
     }
 
-    /// The OIDs of the array types `array_agg` returns for the family
-    /// (`_int2`, `_int4`, `_int8`; `_uuid`): the function checks that the
-    /// column still has one, and takes the general path if not.
+    /// The OIDs of the family's types (`int2`, `int4`, `int8`; `uuid`):
+    /// the function checks that the column still has one of them, and
+    /// takes the general path if not.
+    fn type_oids(self) -> &'static str {
+        match self {
+            FastKey::Integer => "21, 23, 20",
+            FastKey::Uuid => "2950",
+        }
+    }
+
+    /// The OIDs of the arrays of the family's types, which `array_agg`
+    /// returns (`_int2`, `_int4`, `_int8`; `_uuid`).
     fn array_type_oids(self) -> &'static str {
         match self {
             FastKey::Integer => "1005, 1007, 1016",
@@ -247,6 +256,7 @@ DECLARE
     change_op text;
     counted bigint;
     fast boolean;
+    single_key text;
     fits boolean := true;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
@@ -274,16 +284,22 @@ END
 }
 
 /// The fast path's SQL for INSERT, DELETE and UPDATE, for a single-column
-/// [`FastKey`]: no expression per row. A statement takes the keys with one
-/// `array_agg` over the transition table and sends them in slices of
-/// [`keys_per_notification`] keys, each rendered by one `array_to_string`
-/// into the same payload the general path writes. A statement of at most
-/// one slice sends the text its first (bounded) query returns. An UPDATE
-/// whose new keys equal its old ones, in order, changed no key (every row
-/// is `U`) and needs no join. An UPDATE that changes keys takes the
-/// general path, and so does every statement once the column's type has
-/// left the key's family (an `ALTER COLUMN TYPE` since `install`).
-/// `channel` is an SQL literal.
+/// [`FastKey`]: no expression per row, and the same payloads the general
+/// path writes.
+///
+/// - A statement of one row (the common single-row write) costs a probe
+///   for a second row, one plain `SELECT` of the key and the `pg_notify`.
+/// - A statement of more rows takes the keys with one `array_agg` over the
+///   transition table and sends them in slices of
+///   [`keys_per_notification`] keys, each rendered by one
+///   `array_to_string`; up to one slice, the first (bounded) query
+///   returns the payload itself.
+/// - An UPDATE whose new keys equal its old ones, in order, changed no key
+///   (every row is `U`) and needs no join.
+///
+/// An UPDATE that changes keys takes the general path, and so does every
+/// statement once the column's type has left the key's family (an
+/// `ALTER COLUMN TYPE` since `install`). `channel` is an SQL literal.
 fn fast_path(
     channel: &str,
     column: &str,
@@ -293,17 +309,31 @@ fn fast_path(
     let per = keys_per_notification(column, fast);
     let name = serde_json::to_string(column).expect("a string serialises");
     let quote = fast.quote();
-    let oids = fast.array_type_oids();
+    let (oids, array_oids) = (fast.type_oids(), fast.array_type_oids());
     let column = quote_identifier(column)?;
     let separator = sql_literal(&format!("{quote}}},{{{name}:{quote}"));
     let open = |op: &str| sql_literal(&format!(r#"{{"op":"{op}","keys":[{{{name}:{quote}"#));
     let close = sql_literal(&format!("{quote}}}]}}"));
+    // The key of a one-row statement, and whether it is still of the
+    // family (and `also`); `NOT FOUND` for no row.
+    let single = |op: &str, from: &str, also: &str| {
+        format!(
+            r#"SELECT r.{column}, pg_typeof(r.{column})::oid IN ({oids}){also} INTO single_key, fast FROM {from};
+            IF NOT FOUND THEN
+                RETURN NULL;
+            ELSIF fast THEN
+                PERFORM pg_notify({channel}, {open} || single_key || {close});
+                RETURN NULL;
+            END IF;"#,
+            open = open(op),
+        )
+    };
     // The row count (up to one more than a slice), the first slice's
     // payload, and whether the key is still of the family (and `also`).
     let first = |op: &str, table: &str, also: &str| {
         format!(
             "SELECT count(*), {open} || array_to_string(array_agg(r.{column}), {separator}) || {close}, \
-                    pg_typeof(array_agg(r.{column}))::oid IN ({oids}){also} \
+                    pg_typeof(array_agg(r.{column}))::oid IN ({array_oids}){also} \
              INTO counted, payload, fast \
              FROM (SELECT {column} FROM {table} LIMIT {limit}) r;",
             open = open(op),
@@ -321,16 +351,22 @@ fn fast_path(
     };
     let insert_or_delete = |op: &str, table: &str, general: &str| {
         format!(
-            r#"{first}
-        IF counted = 0 THEN
-            RETURN NULL;
-        ELSIF NOT fast THEN
-            {general}
-        ELSIF counted <= {per} THEN
-            PERFORM pg_notify({channel}, payload);
+            r#"PERFORM FROM {table} OFFSET 1 LIMIT 1;
+        IF NOT FOUND THEN
+            {single}
         ELSE
-            {all};
-        END IF;"#,
+            {first}
+            IF fast AND counted <= {per} THEN
+                PERFORM pg_notify({channel}, payload);
+                RETURN NULL;
+            ELSIF fast THEN
+                {all};
+                RETURN NULL;
+            END IF;
+        END IF;
+        -- The key left its family since install: the general path.
+        {general}"#,
+            single = single(op, &format!("{table} r"), ""),
             first = first(op, table, ""),
             all = slices(
                 op,
@@ -354,20 +390,28 @@ fn fast_path(
         ),
     );
     let update = format!(
-        r#"{first}
-        IF counted = 0 THEN
-            RETURN NULL;
-        ELSIF fast AND counted <= {per} THEN
-            PERFORM pg_notify({channel}, payload);
-            RETURN NULL;
-        ELSIF fast THEN
-            {all_updated} WHERE s.new_keys = s.old_keys;
-            IF FOUND THEN
+        r#"PERFORM FROM pgorm_new OFFSET 1 LIMIT 1;
+        IF NOT FOUND THEN
+            {single}
+        ELSE
+            {first}
+            IF fast AND counted <= {per} THEN
+                PERFORM pg_notify({channel}, payload);
                 RETURN NULL;
+            ELSIF fast THEN
+                {all_updated} WHERE s.new_keys = s.old_keys;
+                IF FOUND THEN
+                    RETURN NULL;
+                END IF;
             END IF;
         END IF;
         -- Keys changed (or the key left its family): the general path.
         {general}"#,
+        single = single(
+            "U",
+            "pgorm_new r, pgorm_old o",
+            &format!(" AND r.{column} = o.{column}")
+        ),
         first = first("U", "pgorm_new", &same_keys),
         general = general.update,
     );
