@@ -582,6 +582,14 @@ async fn is_current(client: &impl GenericClient, feed: &Feed, comment: &str) -> 
 /// most [`KEY_BYTES_PER_NOTIFICATION`] bytes as JSON; a larger one makes
 /// the writing statement fail (never a lost change).
 ///
+/// The key columns' types are read here and recorded in the function's
+/// comment: a single `smallint`, `integer`, `bigint` or `uuid` key gets
+/// the fast path (see the [module docs](super)). After an
+/// `ALTER COLUMN TYPE` of the key, the function still works (within the
+/// integer types it keeps its fast path; to another type it takes the
+/// general one, statement by statement), and the next `install` rewrites
+/// it for the new type.
+///
 /// # Errors
 /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
 /// exist or the role may not create triggers on it;
