@@ -74,18 +74,10 @@ impl FastKey {
         }
     }
 
-    /// The OIDs of the family's types (`int2`, `int4`, `int8`; `uuid`):
-    /// the function checks that the column still has one of them, and
-    /// takes the general path if not.
-    fn type_oids(self) -> &'static str {
-        match self {
-            FastKey::Integer => "21, 23, 20",
-            FastKey::Uuid => "2950",
-        }
-    }
-
     /// The OIDs of the arrays of the family's types, which `array_agg`
-    /// returns (`_int2`, `_int4`, `_int8`; `_uuid`).
+    /// returns (`_int2`, `_int4`, `_int8`; `_uuid`): the function checks
+    /// that the column still has one of them, and takes the general path
+    /// if not.
     fn array_type_oids(self) -> &'static str {
         match self {
             FastKey::Integer => "1005, 1007, 1016",
@@ -288,7 +280,8 @@ END
 /// path writes.
 ///
 /// - A statement of one row (the common single-row write) costs a probe
-///   for a second row, one plain `SELECT` of the key and the `pg_notify`.
+///   for a second row, one plain `SELECT` of the key (one `to_json`) and
+///   the `pg_notify`.
 /// - A statement of more rows takes the keys with one `array_agg` over the
 ///   transition table and sends them in slices of
 ///   [`keys_per_notification`] keys, each rendered by one
@@ -309,24 +302,35 @@ fn fast_path(
     let per = keys_per_notification(column, fast);
     let name = serde_json::to_string(column).expect("a string serialises");
     let quote = fast.quote();
-    let (oids, array_oids) = (fast.type_oids(), fast.array_type_oids());
+    let array_oids = fast.array_type_oids();
     let column = quote_identifier(column)?;
     let separator = sql_literal(&format!("{quote}}},{{{name}:{quote}"));
     let open = |op: &str| sql_literal(&format!(r#"{{"op":"{op}","keys":[{{{name}:{quote}"#));
     let close = sql_literal(&format!("{quote}}}]}}"));
-    // The key of a one-row statement, and whether it is still of the
-    // family (and `also`); `NOT FOUND` for no row.
-    let single = |op: &str, from: &str, also: &str| {
-        format!(
-            r#"SELECT r.{column}, pg_typeof(r.{column})::oid IN ({oids}){also} INTO single_key, fast FROM {from};
+    // A one-row statement: its key as `to_json` writes it (right for any
+    // type, so no check of the type), sent if there is a row and
+    // `unchanged` (an expression of `r` and `o`, if any) holds.
+    let single = |op: &str, from: &str, unchanged: Option<&str>| {
+        let open = sql_literal(&format!(r#"{{"op":"{op}","keys":[{{{name}:"#));
+        let send = format!("PERFORM pg_notify({channel}, {open} || single_key || '}}]}}');");
+        match unchanged {
+            None => format!(
+                r#"SELECT to_json(r.{column})::text INTO single_key FROM {from};
+            IF FOUND THEN
+                {send}
+            END IF;
+            RETURN NULL;"#
+            ),
+            Some(unchanged) => format!(
+                r#"SELECT to_json(r.{column})::text, {unchanged} INTO single_key, fast FROM {from};
             IF NOT FOUND THEN
                 RETURN NULL;
             ELSIF fast THEN
-                PERFORM pg_notify({channel}, {open} || single_key || {close});
+                {send}
                 RETURN NULL;
-            END IF;"#,
-            open = open(op),
-        )
+            END IF;"#
+            ),
+        }
     };
     // The row count (up to one more than a slice), the first slice's
     // payload, and whether the key is still of the family (and `also`).
@@ -366,7 +370,7 @@ fn fast_path(
         END IF;
         -- The key left its family since install: the general path.
         {general}"#,
-            single = single(op, &format!("{table} r"), ""),
+            single = single(op, &format!("{table} r"), None),
             first = first(op, table, ""),
             all = slices(
                 op,
@@ -410,7 +414,7 @@ fn fast_path(
         single = single(
             "U",
             "pgorm_new r, pgorm_old o",
-            &format!(" AND r.{column} = o.{column}")
+            Some(&format!("r.{column} = o.{column}"))
         ),
         first = first("U", "pgorm_new", &same_keys),
         general = general.update,
