@@ -291,8 +291,9 @@ END
 ///   (every row is `U`) and needs no join.
 ///
 /// An UPDATE that changes keys takes the general path, and so does every
-/// statement once the column's type has left the key's family (an
-/// `ALTER COLUMN TYPE` since `install`). `channel` is an SQL literal.
+/// statement of more than one row once the column's type has left the
+/// key's family (an `ALTER COLUMN TYPE` since `install`). `channel` is an
+/// SQL literal.
 fn fast_path(
     channel: &str,
     column: &str,
