@@ -9,7 +9,7 @@ use crate::GenericClient;
 /// The version of the trigger functions this pgorm installs, kept at the
 /// start of each function's comment. A different comment makes [`install`]
 /// replace the function and its triggers.
-pub const FEED_VERSION: &str = "pgorm change feed 4";
+pub const FEED_VERSION: &str = "pgorm change feed 5";
 
 /// The four statement-level triggers, by operation (TRUNCATE has no
 /// transition table: it sends one `T` notification, which the feed turns
@@ -29,6 +29,75 @@ const TRIGGERS: [(&str, &str, &str); 4] = [
 /// carries at most before its last key; with keys of at most this size the
 /// payload stays under 8000 bytes.
 pub const KEY_BYTES_PER_NOTIFICATION: usize = 3900;
+
+/// The largest payload, in bytes, that `pg_notify` accepts (PostgreSQL
+/// refuses 8000 bytes and more).
+const PAYLOAD_LIMIT: usize = 7999;
+
+/// A key the trigger can send without any expression per row: a single
+/// column of a type whose text has a known maximum width, so a fixed
+/// number of keys always fits one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FastKey {
+    /// `smallint`, `integer` or `bigint`: a JSON number of at most 20
+    /// characters (`bigint`'s widest, so a later `ALTER COLUMN TYPE`
+    /// within the three never makes a payload too long).
+    Integer,
+    /// `uuid`: a JSON string of 36 characters.
+    Uuid,
+}
+
+impl FastKey {
+    /// The fast key for a column of type `type_oid`, if any.
+    fn of(type_oid: u32) -> Option<FastKey> {
+        match type_oid {
+            // int8, int2, int4
+            20 | 21 | 23 => Some(FastKey::Integer),
+            2950 => Some(FastKey::Uuid),
+            _ => None,
+        }
+    }
+
+    /// The widest text of a value.
+    fn width(self) -> usize {
+        match self {
+            FastKey::Integer => "-9223372036854775808".len(),
+            FastKey::Uuid => 36,
+        }
+    }
+
+    /// What goes around a value to make it JSON.
+    fn quote(self) -> &'static str {
+        match self {
+            FastKey::Integer => "",
+            FastKey::Uuid => "\"",
+        }
+    }
+
+    /// The OIDs of the arrays of the family's types, which `array_agg`
+    /// returns (`_int2`, `_int4`, `_int8`; `_uuid`): the function checks
+    /// that the column still has one of them, and takes the general path
+    /// if not.
+    fn array_type_oids(self) -> &'static str {
+        match self {
+            FastKey::Integer => "1005, 1007, 1016",
+            FastKey::Uuid => "2951",
+        }
+    }
+}
+
+/// How many keys of `column` one fast-path notification carries: as many
+/// as fit in [`PAYLOAD_LIMIT`] bytes when every key is as wide as its type
+/// allows.
+fn keys_per_notification(column: &str, fast: FastKey) -> usize {
+    let name = serde_json::to_string(column).expect("a string serialises");
+    // `{"op":"I","keys":[` and `]}`.
+    let frame = r#"{"op":"I","keys":[]}"#.len();
+    // `{"id":` (quote) key (quote) `}` and a comma.
+    let per_key = 1 + name.len() + 1 + 2 * fast.quote().len() + fast.width() + 1 + 1;
+    // The last key has no comma.
+    (PAYLOAD_LIMIT - frame + 1) / per_key
+}
 
 /// `s` as an SQL string literal, whatever `standard_conforming_strings` is.
 fn sql_literal(s: &str) -> String {
@@ -56,15 +125,18 @@ fn key_json(alias: &str, keys: &[&str]) -> OrmResult<String> {
     Ok(parts.join(" || "))
 }
 
-/// The table's own trigger function, with its channel and key columns
-/// written into static SQL (so PL/pgSQL plans each query once per session).
-/// It reads the transition tables once per statement and sends
-/// `{"op":"I|U|D","keys":[{...},...]}` chunks, cut where the running size
-/// of the keys passes a multiple of [`KEY_BYTES_PER_NOTIFICATION`]. An
-/// UPDATE that changes a key sends the old key as `D` and the new one as
-/// `I`.
-fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<String> {
-    let channel = sql_literal(channel);
+/// The general path's SQL for each operation, for any key: each key is
+/// rendered as JSON per row (`to_json`), and the payloads are chunked
+/// where the running size of the keys passes a multiple of
+/// [`KEY_BYTES_PER_NOTIFICATION`]. An UPDATE that changes a key sends the
+/// old key as `D` and the new one as `I`. `channel` is an SQL literal.
+struct GeneralPath {
+    insert: String,
+    delete: String,
+    update: String,
+}
+
+fn general_path(channel: &str, keys: &[&str]) -> OrmResult<GeneralPath> {
     let chunk = format!(
         "(sum(octet_length(key) + 1) OVER (ROWS UNBOUNDED PRECEDING) \
          - octet_length(key) - 1) / {KEY_BYTES_PER_NOTIFICATION}"
@@ -119,23 +191,8 @@ fn function_sql(function: &str, channel: &str, keys: &[&str]) -> OrmResult<Strin
             chunked = chunked(&keys_sql),
         ))
     };
-    let sql = format!(
-        r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
-LANGUAGE plpgsql AS {TAG_MARK}
-DECLARE
-    payload text;
-    change_op text;
-    counted bigint;
-    fits boolean := true;
-BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-        PERFORM pg_notify({channel}, '{{"op":"T","keys":[]}}');
-    ELSIF TG_OP = 'INSERT' THEN
-        {insert}
-    ELSIF TG_OP = 'DELETE' THEN
-        {delete}
-    ELSE
-        SELECT count(*) INTO counted FROM (SELECT 1 FROM pgorm_new LIMIT {few_plus_one}) k;
+    let update = format!(
+        r#"SELECT count(*) INTO counted FROM (SELECT 1 FROM pgorm_new LIMIT {few_plus_one}) k;
         IF counted = 0 THEN
             RETURN NULL;
         ELSIF counted <= {few} THEN
@@ -152,18 +209,60 @@ BEGIN
         IF counted > {few} OR NOT fits THEN
             -- Repeats of what was sent above are merged by the server.
             {chunked_update}
-        END IF;
-    END IF;
-    RETURN NULL;
-END
-{TAG_MARK}"#,
-        insert = single("I", "pgorm_new")?,
-        delete = single("D", "pgorm_old")?,
+        END IF;"#,
         few_plus_one = FEW + 1,
         few = FEW,
         fits = 2 * KEY_BYTES_PER_NOTIFICATION,
         chunked_update = chunked(&changed),
-        channel = channel,
+    );
+    Ok(GeneralPath {
+        insert: single("I", "pgorm_new")?,
+        delete: single("D", "pgorm_old")?,
+        update,
+    })
+}
+
+/// The table's own trigger function, with its channel and key columns
+/// written into static SQL (so PL/pgSQL plans each query once per session).
+/// It reads the transition tables once per statement; with a [`FastKey`]
+/// it takes the fast path ([`fast_path`]), with any other key the general
+/// one ([`general_path`]). Both send the same
+/// `{"op":"I|U|D","keys":[{...},...]}` payloads.
+fn function_sql(
+    function: &str,
+    channel: &str,
+    keys: &[&str],
+    fast: Option<FastKey>,
+) -> OrmResult<String> {
+    let channel = sql_literal(channel);
+    let general = general_path(&channel, keys)?;
+    let (insert, delete, update) = match (fast, keys) {
+        (Some(fast), [column]) => fast_path(&channel, column, fast, &general)?,
+        _ => (general.insert, general.delete, general.update),
+    };
+    let sql = format!(
+        r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+LANGUAGE plpgsql AS {TAG_MARK}
+DECLARE
+    payload text;
+    change_op text;
+    counted bigint;
+    fast boolean;
+    single_key text;
+    fits boolean := true;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify({channel}, '{{"op":"T","keys":[]}}');
+    ELSIF TG_OP = 'INSERT' THEN
+        {insert}
+    ELSIF TG_OP = 'DELETE' THEN
+        {delete}
+    ELSE
+        {update}
+    END IF;
+    RETURN NULL;
+END
+{TAG_MARK}"#
     );
     // The body holds the channel and the key columns' names, which may
     // contain any fixed dollar-quote tag: pick one that the body does not.
@@ -174,6 +273,158 @@ END
         tag = format!("$pgorm{n}$");
     }
     Ok(sql.replace(TAG_MARK, &tag))
+}
+
+/// The fast path's SQL for INSERT, DELETE and UPDATE, for a single-column
+/// [`FastKey`]: no expression per row, and the same payloads the general
+/// path writes.
+///
+/// - A statement of one row (the common single-row write) costs a probe
+///   for a second row, one plain `SELECT` of the key (one `to_json`) and
+///   the `pg_notify`.
+/// - A statement of more rows takes the keys with one `array_agg` over the
+///   transition table and sends them in slices of
+///   [`keys_per_notification`] keys, each rendered by one
+///   `array_to_string`; up to one slice, the first (bounded) query
+///   returns the payload itself.
+/// - An UPDATE whose new keys equal its old ones, in order, changed no key
+///   (every row is `U`) and needs no join.
+///
+/// An UPDATE that changes keys takes the general path, and so does every
+/// statement of more than one row once the column's type has left the
+/// key's family (an `ALTER COLUMN TYPE` since `install`). `channel` is an
+/// SQL literal.
+fn fast_path(
+    channel: &str,
+    column: &str,
+    fast: FastKey,
+    general: &GeneralPath,
+) -> OrmResult<(String, String, String)> {
+    let per = keys_per_notification(column, fast);
+    let name = serde_json::to_string(column).expect("a string serialises");
+    let quote = fast.quote();
+    let array_oids = fast.array_type_oids();
+    let column = quote_identifier(column)?;
+    let separator = sql_literal(&format!("{quote}}},{{{name}:{quote}"));
+    let open = |op: &str| sql_literal(&format!(r#"{{"op":"{op}","keys":[{{{name}:{quote}"#));
+    let close = sql_literal(&format!("{quote}}}]}}"));
+    // A one-row statement: its key as `to_json` writes it (right for any
+    // type, so no check of the type), sent if there is a row and
+    // `unchanged` (an expression of `r` and `o`, if any) holds.
+    let single = |op: &str, from: &str, unchanged: Option<&str>| {
+        let open = sql_literal(&format!(r#"{{"op":"{op}","keys":[{{{name}:"#));
+        let send = format!("PERFORM pg_notify({channel}, {open} || single_key || '}}]}}');");
+        match unchanged {
+            None => format!(
+                r#"SELECT to_json(r.{column})::text INTO single_key FROM {from};
+            IF FOUND THEN
+                {send}
+            END IF;
+            RETURN NULL;"#
+            ),
+            Some(unchanged) => format!(
+                r#"SELECT to_json(r.{column})::text, {unchanged} INTO single_key, fast FROM {from};
+            IF NOT FOUND THEN
+                RETURN NULL;
+            ELSIF fast THEN
+                {send}
+                RETURN NULL;
+            END IF;"#
+            ),
+        }
+    };
+    // The row count (up to one more than a slice), the first slice's
+    // payload, and whether the key is still of the family (and `also`).
+    let first = |op: &str, table: &str, also: &str| {
+        format!(
+            "SELECT count(*), {open} || array_to_string(array_agg(r.{column}), {separator}) || {close}, \
+                    pg_typeof(array_agg(r.{column}))::oid IN ({array_oids}){also} \
+             INTO counted, payload, fast \
+             FROM (SELECT {column} FROM {table} LIMIT {limit}) r;",
+            open = open(op),
+            limit = per + 1,
+        )
+    };
+    // Every slice of the array column `keys` of the one-row `source` (s).
+    let slices = |op: &str, keys: &str, source: &str| {
+        format!(
+            "PERFORM pg_notify({channel}, {open} || array_to_string(s.{keys}[g.i:g.i + {last}], {separator}) || {close}) \
+             FROM {source} s, generate_series(1, cardinality(s.{keys}), {per}) AS g(i)",
+            open = open(op),
+            last = per - 1,
+        )
+    };
+    let insert_or_delete = |op: &str, table: &str, general: &str| {
+        format!(
+            r#"PERFORM FROM {table} OFFSET 1 LIMIT 1;
+        IF NOT FOUND THEN
+            {single}
+        ELSE
+            {first}
+            IF fast AND counted <= {per} THEN
+                PERFORM pg_notify({channel}, payload);
+                RETURN NULL;
+            ELSIF fast THEN
+                {all};
+                RETURN NULL;
+            END IF;
+        END IF;
+        -- The key left its family since install: the general path.
+        {general}"#,
+            single = single(op, &format!("{table} r"), None),
+            first = first(op, table, ""),
+            all = slices(
+                op,
+                "keys",
+                &format!("(SELECT array_agg(r.{column}) AS keys FROM {table} r)")
+            ),
+        )
+    };
+    let same_keys = format!(
+        " AND array_agg(r.{column}) = \
+         (SELECT array_agg(o.{column}) FROM (SELECT {column} FROM pgorm_old LIMIT {limit}) o)",
+        limit = per + 1
+    );
+    // OFFSET 0 keeps the subquery whole, so each array is built once.
+    let all_updated = slices(
+        "U",
+        "new_keys",
+        &format!(
+            "(SELECT (SELECT array_agg(n.{column}) FROM pgorm_new n) AS new_keys, \
+                     (SELECT array_agg(o.{column}) FROM pgorm_old o) AS old_keys OFFSET 0)"
+        ),
+    );
+    let update = format!(
+        r#"PERFORM FROM pgorm_new OFFSET 1 LIMIT 1;
+        IF NOT FOUND THEN
+            {single}
+        ELSE
+            {first}
+            IF fast AND counted <= {per} THEN
+                PERFORM pg_notify({channel}, payload);
+                RETURN NULL;
+            ELSIF fast THEN
+                {all_updated} WHERE s.new_keys = s.old_keys;
+                IF FOUND THEN
+                    RETURN NULL;
+                END IF;
+            END IF;
+        END IF;
+        -- Keys changed (or the key left its family): the general path.
+        {general}"#,
+        single = single(
+            "U",
+            "pgorm_new r, pgorm_old o",
+            Some(&format!("r.{column} = o.{column}"))
+        ),
+        first = first("U", "pgorm_new", &same_keys),
+        general = general.update,
+    );
+    Ok((
+        insert_or_delete("I", "pgorm_new", &general.insert),
+        insert_or_delete("D", "pgorm_old", &general.delete),
+        update,
+    ))
 }
 
 /// Where the dollar-quote tag goes until it is chosen: a NUL, which no
@@ -190,9 +441,14 @@ fn function_name(table: &str) -> String {
     format!("pgorm_changes_{:016x}", fnv1a(table.as_bytes()))
 }
 
-/// What the function's comment says: the version, the channel, the keys.
-fn function_comment(channel: &str, keys: &[&str]) -> String {
-    format!("{FEED_VERSION}{}", comment_tail(channel, keys))
+/// What the function's comment says: the version, the key columns' types
+/// as they were at install (the fast path depends on them), the channel,
+/// the keys. Ends with [`comment_tail`], which every version writes.
+fn function_comment(channel: &str, keys: &[&str], key_types: &[String]) -> String {
+    format!(
+        "{FEED_VERSION}; key types {key_types:?}{}",
+        comment_tail(channel, keys)
+    )
 }
 
 /// The part of the function's comment after the version.
@@ -207,8 +463,7 @@ pub(crate) async fn notifies_current_channel<M: Model>(
     client: &impl GenericClient,
 ) -> OrmResult<(bool, String)> {
     let feed = feed_of::<M>(client).await?;
-    let (schema, table_name) = resolve_table::<M>(client).await?;
-    let tail = comment_tail(&channel_name(&schema, &table_name), M::KEY_COLUMNS);
+    let tail = comment_tail(&feed.channel, M::KEY_COLUMNS);
     let names: Vec<&str> = TRIGGERS[..3].iter().map(|(name, _, _)| *name).collect();
     let row = client
         .query_one(
@@ -281,31 +536,29 @@ pub(crate) async fn resolve_table<M: Model>(
     Ok((row.get(0), row.get(1)))
 }
 
-/// The table, its schema-qualified function, the function's comment and
-/// its SQL.
+/// The table, its channel and its schema-qualified function.
 struct Feed {
     table: String,
+    channel: String,
     function: String,
-    comment: String,
 }
 
 async fn feed_of<M: Model>(client: &impl GenericClient) -> OrmResult<Feed> {
     let (schema, table_name) = resolve_table::<M>(client).await?;
     let schema_quoted = quote_identifier(&schema)?;
-    let channel = channel_name(&schema, &table_name);
     Ok(Feed {
         table: format!("{schema_quoted}.{}", quote_identifier(&table_name)?),
+        channel: channel_name(&schema, &table_name),
         function: format!(
             "{schema_quoted}.{}",
             quote_identifier(&function_name(&table_name))?
         ),
-        comment: function_comment(&channel, M::KEY_COLUMNS),
     })
 }
 
-/// Whether the function with this exact comment and all four triggers
+/// Whether the function with exactly this comment and all four triggers
 /// calling it are on the table already.
-async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool> {
+async fn is_current(client: &impl GenericClient, feed: &Feed, comment: &str) -> OrmResult<bool> {
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
     let row = client
         .query_one(
@@ -314,7 +567,7 @@ async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool>
                AND to_regprocedure($3 || '()') IS NOT NULL \
                AND t.tgfoid = to_regprocedure($3 || '()') \
                AND obj_description(t.tgfoid, 'pg_proc') = $4",
-            &[&feed.table, &names, &feed.function, &feed.comment],
+            &[&feed.table, &names, &feed.function, &comment],
         )
         .await?;
     let count: i64 = row.get(0);
@@ -334,6 +587,14 @@ async fn is_current(client: &impl GenericClient, feed: &Feed) -> OrmResult<bool>
 /// most [`KEY_BYTES_PER_NOTIFICATION`] bytes as JSON; a larger one makes
 /// the writing statement fail (never a lost change).
 ///
+/// The key columns' types are read here and recorded in the function's
+/// comment: a single `smallint`, `integer`, `bigint` or `uuid` key gets
+/// the fast path (see the [module docs](super)). After an
+/// `ALTER COLUMN TYPE` of the key, the function still works (within the
+/// integer types it keeps its fast path; to another type it takes the
+/// general one, statement by statement), and the next `install` rewrites
+/// it for the new type.
+///
 /// # Errors
 /// [`OrmError::Query`](crate::OrmError::Query) when the table does not
 /// exist or the role may not create triggers on it;
@@ -347,16 +608,26 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let feed = feed_of::<M>(&tx).await?;
     lock(&tx, &feed).await?;
     refuse_partitioned(&tx, &feed).await?;
-    check_keys::<M>(&tx, &feed).await?;
-    if is_current(&tx, &feed).await? {
+    let key_types = check_keys::<M>(&tx, &feed).await?;
+    let comment = function_comment(
+        &feed.channel,
+        M::KEY_COLUMNS,
+        &key_types
+            .iter()
+            .map(|(_, name)| name.clone())
+            .collect::<Vec<_>>(),
+    );
+    if is_current(&tx, &feed, &comment).await? {
         tx.rollback().await?;
         return Ok(false);
     }
-    let (schema, table_name) = resolve_table::<M>(&tx).await?;
-    let channel = channel_name(&schema, &table_name);
+    let fast = match key_types.as_slice() {
+        [(type_oid, _)] => FastKey::of(*type_oid),
+        _ => None,
+    };
     let previous = trigger_functions(&tx, &feed).await?;
     tx.execute(
-        &function_sql(&feed.function, &channel, M::KEY_COLUMNS)?,
+        &function_sql(&feed.function, &feed.channel, M::KEY_COLUMNS, fast)?,
         &[],
     )
     .await?;
@@ -364,7 +635,7 @@ pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
         &format!(
             "COMMENT ON FUNCTION {}() IS {}",
             feed.function,
-            sql_literal(&feed.comment)
+            sql_literal(&comment)
         ),
         &[],
     )
@@ -411,12 +682,19 @@ async fn lock(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
 
 /// Refuses key columns that the table lacks or that may be NULL: PL/pgSQL
 /// checks the function's queries only when they run, so a wrong key column
-/// would make every write to the table fail in the trigger.
-async fn check_keys<M: Model>(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
+/// would make every write to the table fail in the trigger. Returns each
+/// key column's type, as its OID and as the server writes it
+/// (`format_type`).
+async fn check_keys<M: Model>(
+    client: &impl GenericClient,
+    feed: &Feed,
+) -> OrmResult<Vec<(u32, String)>> {
+    let mut types = Vec::with_capacity(M::KEY_COLUMNS.len());
     for column in M::KEY_COLUMNS {
         let row = client
             .query_opt(
-                "SELECT a.attnotnull FROM pg_attribute a \
+                "SELECT a.attnotnull, a.atttypid, format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_attribute a \
                  WHERE a.attrelid = $1::text::regclass AND a.attname = $2 \
                    AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&feed.table, column],
@@ -425,7 +703,13 @@ async fn check_keys<M: Model>(client: &impl GenericClient, feed: &Feed) -> OrmRe
         let problem = match row {
             None => "does not exist",
             Some(row) if !crate::model::decode_at::<bool>(&row, 0)? => "may be NULL",
-            Some(_) => continue,
+            Some(row) => {
+                types.push((
+                    crate::model::decode_at(&row, 1)?,
+                    crate::model::decode_at(&row, 2)?,
+                ));
+                continue;
+            }
         };
         return Err(ValidationError::Setting {
             setting: "change feed",
@@ -433,7 +717,7 @@ async fn check_keys<M: Model>(client: &impl GenericClient, feed: &Feed) -> OrmRe
         }
         .into());
     }
-    Ok(())
+    Ok(types)
 }
 
 /// Refuses a partitioned table or one with inheritance children: the
@@ -544,6 +828,59 @@ mod tests {
     fn literals_double_quotes_and_escape_backslashes() {
         assert_eq!(sql_literal("it's"), "'it''s'");
         assert_eq!(sql_literal(r"a\'b"), r"E'a\\''b'");
+    }
+
+    /// The widest payload a fast-path slice can make: every key as wide as
+    /// its type allows.
+    fn widest_payload(column: &str, fast: FastKey) -> String {
+        let name = serde_json::to_string(column).unwrap();
+        let quote = fast.quote();
+        let key = format!("{{{name}:{quote}{}{quote}}}", "9".repeat(fast.width()));
+        let keys = vec![key; keys_per_notification(column, fast)];
+        format!(r#"{{"op":"U","keys":[{}]}}"#, keys.join(","))
+    }
+
+    #[test]
+    fn fast_path_slices_fill_but_never_pass_the_payload_limit() {
+        let names = [
+            "id".to_owned(),
+            "i".to_owned(),
+            "k".repeat(63),
+            "\u{1}".repeat(63),
+            "é".repeat(31),
+        ];
+        for fast in [FastKey::Integer, FastKey::Uuid] {
+            for name in &names {
+                let payload = widest_payload(name, fast);
+                assert!(payload.len() <= PAYLOAD_LIMIT, "{fast:?} {name:?}");
+                let name_json = serde_json::to_string(name).unwrap();
+                let one_more = 1 + name_json.len() + 1 + 2 * fast.quote().len() + fast.width() + 2;
+                assert!(
+                    payload.len() + one_more > PAYLOAD_LIMIT,
+                    "{fast:?} {name:?}: room for one more key"
+                );
+                serde_json::from_str::<serde_json::Value>(&payload).unwrap();
+            }
+        }
+        assert_eq!(keys_per_notification("id", FastKey::Integer), 285);
+    }
+
+    #[test]
+    fn only_single_integer_and_uuid_keys_take_the_fast_path() {
+        assert_eq!(FastKey::of(20), Some(FastKey::Integer));
+        assert_eq!(FastKey::of(21), Some(FastKey::Integer));
+        assert_eq!(FastKey::of(23), Some(FastKey::Integer));
+        assert_eq!(FastKey::of(2950), Some(FastKey::Uuid));
+        // text, numeric
+        assert_eq!(FastKey::of(25), None);
+        assert_eq!(FastKey::of(1700), None);
+        let fast = function_sql("f", "c", &["id"], Some(FastKey::Integer)).unwrap();
+        let general = function_sql("f", "c", &["id"], None).unwrap();
+        assert!(fast.contains("array_to_string") && general.contains("to_json"));
+        assert!(!general.contains("array_to_string"));
+        // A composite key never does, whatever is asked.
+        let composite = function_sql("f", "c", &["a", "b"], Some(FastKey::Integer)).unwrap();
+        assert!(!composite.contains("array_to_string"));
     }
 
     #[test]

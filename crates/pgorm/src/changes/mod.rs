@@ -10,6 +10,13 @@
 //!   `{"op":"I|U|D","keys":[{"id":1},…]}`, always under PostgreSQL's
 //!   8000-byte limit. An UPDATE that changes a key sends the old key as a
 //!   delete and the new one as an insert.
+//! - A key of one `smallint`, `integer`, `bigint` or `uuid` column takes a
+//!   fast path that computes nothing per row: one `array_agg` of the keys
+//!   per statement, sent in slices of a fixed number of keys (sized at
+//!   install for the type's widest text), each rendered by one
+//!   `array_to_string`; a one-row statement reads its key with one plain
+//!   `SELECT`. Other keys render each key with `to_json`. The payloads are
+//!   the same either way.
 //! - The channel is derived from schema and table ([`channel_name`]); it is
 //!   a valid channel (at most 63 bytes, a hash suffix for long names).
 //! - Notifications are delivered at commit, in commit order. The feed reads
