@@ -1,0 +1,143 @@
+//! Hostile review of feed version 5 (the fast path for one int2/int4/int8
+//! or uuid key column): each `review_fast_N_…` test proves one finding
+//! against the real server and fails on the reviewed code; the
+//! `holds_…` tests are probes that pass and cover what the suite lacks.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use pgorm::changes::{self, Change, ChangeFeed};
+use pgorm::listen::{ListenerEvent, PgListenerConfig, PgNotifyHub, Subscription};
+use pgorm::model::{FromRow, Model};
+use pgorm::{GenericClient, PgClient};
+use support::*;
+
+async fn hub_for(url: &str) -> PgNotifyHub {
+    let config = PgListenerConfig::new()
+        .application_name(unique("review_fast"))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200));
+    within("hub", PgNotifyHub::connect_with(url, config))
+        .await
+        .unwrap()
+}
+
+/// A fresh database with `sql` run in it (statements split on `;`).
+async fn connect(sql: &str) -> (String, PgClient, PgNotifyHub) {
+    let url = fresh_database().await;
+    let client = within("connect", PgClient::connect(&url)).await.unwrap();
+    for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+        client.execute(statement, &[]).await.unwrap();
+    }
+    let hub = hub_for(&url).await;
+    (url, client, hub)
+}
+
+/// Reads changes until `done` says the collected ones are complete.
+async fn collect_until<M: Model>(
+    feed: &mut ChangeFeed<M, PgClient>,
+    mut done: impl FnMut(&[Change<M>]) -> bool,
+) -> Vec<Change<M>> {
+    let mut seen = Vec::new();
+    within("the changes", async {
+        while !done(&seen) {
+            let batch = feed.next_batch().await.expect("ended").expect("failed");
+            seen.extend(batch);
+        }
+    })
+    .await;
+    seen
+}
+
+/// The raw payloads received on `subscription` until `count` have come.
+async fn raw_payloads(subscription: &mut Subscription, count: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    within("the raw notifications", async {
+        while seen.len() < count {
+            let event = subscription
+                .next_batch()
+                .await
+                .expect("ended")
+                .expect("failed");
+            let ListenerEvent::Notification(batch) = event else {
+                panic!("no gap expected here");
+            };
+            seen.extend(batch.iter().map(|n| n.payload.to_string()));
+        }
+    })
+    .await;
+    seen
+}
+
+// ---------------------------------------------------------------------
+// Finding 1: a key column named like one of the function's PL/pgSQL
+// variables (`payload`, `counted`, `fast`, `fits`, `single_key`,
+// `change_op`, or the implicit `found`, `tg_op`, …) makes every
+// multi-row write to the table fail: the fast path's
+// `(SELECT "payload" FROM pgorm_new LIMIT 286)` names the column
+// unqualified, and PL/pgSQL (variable_conflict = error) refuses the
+// ambiguous reference. Quoting does not help. Version 4 qualified every
+// column (`r."payload"`), so the same table worked before.
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "parcels")]
+struct Parcel {
+    #[orm(key)]
+    payload: i64,
+    label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "lost")]
+struct Lost {
+    #[orm(key)]
+    found: i32,
+    label: String,
+}
+
+#[tokio::test]
+async fn review_fast_1_a_key_named_like_a_plpgsql_variable_does_not_break_multi_row_writes() {
+    let (_url, client, hub) = connect(
+        "CREATE TABLE parcels (payload bigint PRIMARY KEY, label text NOT NULL);
+         CREATE TABLE lost (found integer PRIMARY KEY, label text NOT NULL)",
+    )
+    .await;
+    assert!(changes::install::<Parcel>(&client).await.unwrap());
+    assert!(changes::install::<Lost>(&client).await.unwrap());
+    let mut feed = ChangeFeed::<Parcel, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    // A one-row statement works (its column is qualified)...
+    client
+        .execute("INSERT INTO parcels VALUES (1, 'one')", &[])
+        .await
+        .unwrap();
+    // ...a statement of two rows fails in the trigger.
+    let two = client
+        .execute("INSERT INTO parcels VALUES (2, 'two'), (3, 'three')", &[])
+        .await;
+    assert!(
+        two.is_ok(),
+        "a two-row INSERT into a table keyed by `payload` failed: {:?}",
+        two.err()
+    );
+    let seen = collect_until(&mut feed, |seen| seen.len() >= 3).await;
+    let keys: BTreeSet<i64> = seen
+        .iter()
+        .map(|change| match change {
+            Change::Inserted(row) => row.payload,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, BTreeSet::from([1, 2, 3]));
+    let lost = client
+        .execute("INSERT INTO lost VALUES (1, 'a'), (2, 'b')", &[])
+        .await;
+    assert!(
+        lost.is_ok(),
+        "a two-row INSERT into a table keyed by `found` failed: {:?}",
+        lost.err()
+    );
+}
+
