@@ -141,3 +141,67 @@ async fn review_fast_1_a_key_named_like_a_plpgsql_variable_does_not_break_multi_
     );
 }
 
+// ---------------------------------------------------------------------
+// Finding 2: the "key left its family" check,
+// `pg_typeof(array_agg(key))::oid IN (1005, 1007, 1016)`, is true for a
+// column of type `bigint[]` (or `int2[]`, `int4[]`, `uuid[]`): array_agg
+// of arrays is a multidimensional array of the same type. After
+// `ALTER COLUMN id TYPE bigint[]` the function keeps the fast path:
+// `array_to_string` flattens the arrays, so a multi-row statement sends
+// one key per element (`{"id":4},{"id":5}` for the key `{4,5}`), and keys
+// of different lengths make `array_agg` raise "cannot accumulate arrays of
+// different dimensionality": every such INSERT, UPDATE and DELETE fails.
+// The docs promise that after a type change to any other type "writes
+// keep working and every change arrives" (the general path's `to_json`
+// writes `{"id":[4,5]}`).
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "items")]
+struct Item {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+#[tokio::test]
+async fn review_fast_2_an_array_key_after_alter_column_type_leaves_the_fast_path() {
+    let (_url, client, hub) =
+        connect("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL)").await;
+    assert!(changes::install::<Item>(&client).await.unwrap());
+    client
+        .execute(
+            "ALTER TABLE items ALTER COLUMN id TYPE bigint[] USING ARRAY[id]",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut raw = hub.subscribe(&changes::channel_name("public", "items")).await.unwrap();
+
+    // One row: `to_json`, right.
+    client
+        .execute("INSERT INTO items VALUES ('{1,2}', 'a')", &[])
+        .await
+        .unwrap();
+    // Two rows of keys of the same length: written, but flattened.
+    client
+        .execute("INSERT INTO items VALUES ('{4,5}', 'b'), ('{6,7}', 'c')", &[])
+        .await
+        .unwrap();
+    let payloads = raw_payloads(&mut raw, 2).await;
+    assert_eq!(payloads[0], r#"{"op":"I","keys":[{"id":[1,2]}]}"#);
+    assert_eq!(
+        payloads[1], r#"{"op":"I","keys":[{"id":[4,5]},{"id":[6,7]}]}"#,
+        "the keys of a two-row INSERT of bigint[] keys"
+    );
+
+    // Keys of different lengths: the write itself fails.
+    let mixed = client
+        .execute("INSERT INTO items VALUES ('{8}', 'd'), ('{9,10}', 'e')", &[])
+        .await;
+    assert!(
+        mixed.is_ok(),
+        "a two-row INSERT of bigint[] keys of different lengths failed: {:?}",
+        mixed.err()
+    );
+}
+
