@@ -205,3 +205,69 @@ async fn review_fast_2_an_array_key_after_alter_column_type_leaves_the_fast_path
     );
 }
 
+// ---------------------------------------------------------------------
+// Finding 3: `keys_per_notification` counts the key column's name in
+// UTF-8 bytes (`name.len()`), but PostgreSQL's 8000-byte limit is on the
+// payload in the *server's* encoding. In an EUC_TW database (a supported
+// server encoding) a CJK character of CNS 11643 plane 2, e.g. 万 (U+4E07), is 3
+// bytes in UTF-8 and 4 in EUC_TW: with a 15-character key column name
+// (45 bytes in UTF-8, 60 in EUC_TW, under the 63-byte identifier limit)
+// the slices are sized for 112 keys of 71 bytes but each is 86 bytes, so
+// a slice of 112 ten-to-twenty digit keys is over 8000 bytes and the
+// writing statement fails with "payload string too long". The general
+// path measures with `octet_length` (server bytes) and has no such
+// problem.
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "tw")]
+struct Taiwan {
+    #[orm(key, rename = "万万万万万万万万万万万万万万万")]
+    id: i64,
+    label: String,
+}
+
+#[tokio::test]
+async fn review_fast_3_slices_fit_the_limit_in_a_non_utf8_server_encoding() {
+    let admin = raw_client(&TestServer::shared().url()).await;
+    let name = unique(&format!("euc_tw_{}", std::process::id()));
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE \"{name}\" ENCODING 'EUC_TW' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ))
+        .await
+        .unwrap();
+    let url = TestServer::shared().url_for(&name);
+    let client = within("connect", PgClient::connect(&url)).await.unwrap();
+    client
+        .execute(
+            r#"CREATE TABLE tw ("万万万万万万万万万万万万万万万" bigint PRIMARY KEY, label text NOT NULL)"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    let encoding: String = client
+        .query_one("SHOW server_encoding", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(encoding, "EUC_TW");
+    assert!(changes::install::<Taiwan>(&client).await.unwrap());
+    let hub = hub_for(&url).await;
+    let mut feed = ChangeFeed::<Taiwan, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    let written = client
+        .execute(
+            "INSERT INTO tw SELECT -9223372036854775807 + n, 'x' FROM generate_series(0, 199) n",
+            &[],
+        )
+        .await;
+    assert!(
+        written.is_ok(),
+        "a 200-row INSERT into an EUC_TW table failed in the trigger: {:?}",
+        written.err()
+    );
+    let seen = collect_until(&mut feed, |seen| seen.len() >= 200).await;
+    assert_eq!(seen.len(), 200);
+}
+
