@@ -271,3 +271,58 @@ async fn review_fast_3_slices_fit_the_limit_in_a_non_utf8_server_encoding() {
     assert_eq!(seen.len(), 200);
 }
 
+// ---------------------------------------------------------------------
+// Finding 4: the comment that makes `install` idempotent now holds the
+// key types as `format_type` writes them, which depends on the session's
+// search_path for any type outside pg_catalog (a domain, an enum, an
+// extension's `citext`): `app.code` from one session, `code` from another.
+// Two applications (or a migration tool and the application) with
+// different search_paths each see "a different comment" and rewrite the
+// function and drop and recreate the four triggers at every `install`,
+// although nothing changed; the docs promise `false` and "nothing
+// changes". Version 4's comment had no types and did not depend on it.
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "coded")]
+struct Coded {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+#[tokio::test]
+async fn review_fast_4_install_is_idempotent_whatever_the_search_path() {
+    let (url, client, _hub) = connect(
+        "CREATE SCHEMA app;
+         CREATE DOMAIN app.code AS bigint;
+         CREATE TABLE coded (id app.code PRIMARY KEY, label text NOT NULL)",
+    )
+    .await;
+    let with_app = format!("{url}?options=-c%20search_path%3Dpublic,app");
+    let other = within("connect", PgClient::connect(&with_app))
+        .await
+        .unwrap();
+    let path: String = other.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    assert_eq!(path.replace(" ", ""), "public,app");
+    assert!(changes::install::<Coded>(&client).await.unwrap());
+    assert!(!changes::install::<Coded>(&client).await.unwrap());
+    let oids = |client: PgClient| async move {
+        client
+            .query(
+                "SELECT oid::int8 FROM pg_trigger WHERE tgrelid = 'public.coded'::regclass ORDER BY tgname",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, i64>(0))
+            .collect::<Vec<_>>()
+    };
+    let before = oids(client.clone()).await;
+    let replaced = changes::install::<Coded>(&other).await.unwrap();
+    assert_eq!(oids(client.clone()).await, before, "the triggers were recreated");
+    assert!(
+        !replaced,
+        "install from a session with another search_path replaced an up-to-date feed"
+    );
+}
