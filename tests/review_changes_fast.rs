@@ -326,3 +326,44 @@ async fn review_fast_4_install_is_idempotent_whatever_the_search_path() {
         "install from a session with another search_path replaced an up-to-date feed"
     );
 }
+
+// ---------------------------------------------------------------------
+// Finding 5: a multi-row statement of more than 2^26 = 67,108,864 rows
+// fails. The fast path builds one `array_agg` of *every* key of the
+// transition table (the slices query; an UPDATE builds two), and
+// array_agg's state doubles its Datum array: at 2^27 Datums it asks for
+// 1 GiB, over PostgreSQL's 1 GiB - 1 allocation limit ("invalid memory
+// alloc request size 1073741824"). Version 4 cut chunks with a window
+// function and `string_agg` per chunk, which spills to disk and has no
+// such ceiling, so such bulk statements (a backfill, `DELETE FROM` a big
+// table) worked with the triggers installed; now they fail. (This test
+// writes 67,108,865 one-column rows to an unlogged table: about 50 s.)
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "huge")]
+struct Huge {
+    #[orm(key)]
+    id: i64,
+}
+
+#[tokio::test]
+async fn review_fast_5_a_statement_of_more_than_2_pow_26_rows_is_written() {
+    let (_url, client, _hub) = connect("CREATE UNLOGGED TABLE huge (id bigint NOT NULL)").await;
+    assert!(changes::install::<Huge>(&client).await.unwrap());
+    let rows: i64 = (1 << 26) + 1;
+    let written = tokio::time::timeout(
+        Duration::from_secs(1800),
+        client.execute(
+            "INSERT INTO huge SELECT generate_series(1, $1::int8)",
+            &[&rows],
+        ),
+    )
+    .await
+    .expect("the INSERT hung");
+    let _ = client.execute("DROP TABLE huge", &[]).await;
+    assert!(
+        written.is_ok(),
+        "an INSERT of 2^26 + 1 rows failed in the trigger: {:?}",
+        written.err()
+    );
+}
