@@ -175,7 +175,10 @@ async fn review_fast_2_an_array_key_after_alter_column_type_leaves_the_fast_path
         )
         .await
         .unwrap();
-    let mut raw = hub.subscribe(&changes::channel_name("public", "items")).await.unwrap();
+    let mut raw = hub
+        .subscribe(&changes::channel_name("public", "items"))
+        .await
+        .unwrap();
 
     // One row: `to_json`, right.
     client
@@ -184,7 +187,10 @@ async fn review_fast_2_an_array_key_after_alter_column_type_leaves_the_fast_path
         .unwrap();
     // Two rows of keys of the same length: written, but flattened.
     client
-        .execute("INSERT INTO items VALUES ('{4,5}', 'b'), ('{6,7}', 'c')", &[])
+        .execute(
+            "INSERT INTO items VALUES ('{4,5}', 'b'), ('{6,7}', 'c')",
+            &[],
+        )
         .await
         .unwrap();
     let payloads = raw_payloads(&mut raw, 2).await;
@@ -196,7 +202,10 @@ async fn review_fast_2_an_array_key_after_alter_column_type_leaves_the_fast_path
 
     // Keys of different lengths: the write itself fails.
     let mixed = client
-        .execute("INSERT INTO items VALUES ('{8}', 'd'), ('{9,10}', 'e')", &[])
+        .execute(
+            "INSERT INTO items VALUES ('{8}', 'd'), ('{9,10}', 'e')",
+            &[],
+        )
         .await;
     assert!(
         mixed.is_ok(),
@@ -302,7 +311,11 @@ async fn review_fast_4_install_is_idempotent_whatever_the_search_path() {
     let other = within("connect", PgClient::connect(&with_app))
         .await
         .unwrap();
-    let path: String = other.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    let path: String = other
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(path.replace(" ", ""), "public,app");
     assert!(changes::install::<Coded>(&client).await.unwrap());
     assert!(!changes::install::<Coded>(&client).await.unwrap());
@@ -320,7 +333,11 @@ async fn review_fast_4_install_is_idempotent_whatever_the_search_path() {
     };
     let before = oids(client.clone()).await;
     let replaced = changes::install::<Coded>(&other).await.unwrap();
-    assert_eq!(oids(client.clone()).await, before, "the triggers were recreated");
+    assert_eq!(
+        oids(client.clone()).await,
+        before,
+        "the triggers were recreated"
+    );
     assert!(
         !replaced,
         "install from a session with another search_path replaced an up-to-date feed"
@@ -366,4 +383,132 @@ async fn review_fast_5_a_statement_of_more_than_2_pow_26_rows_is_written() {
         "an INSERT of 2^26 + 1 rows failed in the trigger: {:?}",
         written.err()
     );
+}
+
+// ---------------------------------------------------------------------
+// Probes that hold.
+
+/// Runs `sql` and checks that its changes are exactly `expected`.
+async fn step(
+    client: &PgClient,
+    feed: &mut ChangeFeed<Item, PgClient>,
+    sql: &str,
+    mut expected: Vec<(char, i64)>,
+) {
+    client.execute(sql, &[]).await.unwrap();
+    expected.sort();
+    let seen = collect_until(feed, |seen| seen.len() >= expected.len()).await;
+    assert_eq!(kinds(&seen), expected, "{sql}");
+}
+
+/// The kinds and keys of `changes` (`I`, `U` or `D` and the id), sorted.
+fn kinds(changes: &[Change<Item>]) -> Vec<(char, i64)> {
+    let mut seen: Vec<(char, i64)> = changes
+        .iter()
+        .map(|change| match change {
+            Change::Inserted(row) => ('I', row.id),
+            Change::Updated(row) => ('U', row.id),
+            Change::Deleted(id) => ('D', *id),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+/// The "no key changed" test of the fast path (old and new key arrays
+/// equal) against statements that change keys in ways an array equality
+/// could miss: a swap of two keys, a change of one key beyond the first
+/// slice (only the full-array check sees it), a one-row key change,
+/// `UPDATE … FROM` with every row matched twice, and upserts with and
+/// without a key change, on both sides of the slice size (285).
+#[tokio::test]
+async fn holds_key_changes_are_never_taken_for_plain_updates() {
+    let (_url, client, hub) = connect(
+        "CREATE TABLE items (id bigint PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE, label text NOT NULL)",
+    )
+    .await;
+    assert!(changes::install::<Item>(&client).await.unwrap());
+    let mut feed = ChangeFeed::<Item, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    let range = |kind: char, ids: std::ops::RangeInclusive<i64>| -> Vec<(char, i64)> {
+        ids.map(|id| (kind, id)).collect()
+    };
+    step(
+        &client,
+        &mut feed,
+        "INSERT INTO items SELECT n, 'a' FROM generate_series(1, 600) n",
+        range('I', 1..=600),
+    )
+    .await;
+    // Swap 1 and 2 (two rows: the first query's path).
+    step(
+        &client,
+        &mut feed,
+        "UPDATE items SET id = 3 - id, label = 'swapped' WHERE id IN (1, 2)",
+        vec![('U', 1), ('U', 2)],
+    )
+    .await;
+    // Swap every pair of 600 rows (the slices' path).
+    step(
+        &client,
+        &mut feed,
+        "UPDATE items SET id = CASE WHEN id % 2 = 1 THEN id + 1 ELSE id - 1 END",
+        range('U', 1..=600),
+    )
+    .await;
+    // Only the last row's key changes, beyond the first 286.
+    let mut last = range('U', 1..=599);
+    last.extend([('D', 600), ('I', 100_000)]);
+    step(
+        &client,
+        &mut feed,
+        "UPDATE items SET id = CASE WHEN id = 600 THEN 100000 ELSE id END, label = 'p'",
+        last,
+    )
+    .await;
+    // One row, key changed.
+    step(
+        &client,
+        &mut feed,
+        "UPDATE items SET id = 600 WHERE id = 100000",
+        vec![('D', 100_000), ('I', 600)],
+    )
+    .await;
+    // Every row matched twice by the FROM: each is updated once.
+    step(
+        &client,
+        &mut feed,
+        "UPDATE items SET label = 'twice' FROM generate_series(1, 2) g WHERE items.id <= 300",
+        range('U', 1..=300),
+    )
+    .await;
+    // Upserts: 300 conflicts without a key change, then 300 with one.
+    // (ON CONFLICT needs an arbiter that is not deferrable.)
+    client
+        .execute(
+            "ALTER TABLE items DROP CONSTRAINT items_pkey, ADD PRIMARY KEY (id)",
+            &[],
+        )
+        .await
+        .unwrap();
+    step(
+        &client,
+        &mut feed,
+        "INSERT INTO items SELECT n, 'up' FROM generate_series(1, 300) n \
+         ON CONFLICT (id) DO UPDATE SET label = 'upserted'",
+        range('U', 1..=300),
+    )
+    .await;
+    let mut moved = range('D', 1..=300);
+    moved.extend(range('I', 10_001..=10_300));
+    step(
+        &client,
+        &mut feed,
+        "INSERT INTO items SELECT n, 'up' FROM generate_series(1, 300) n \
+         ON CONFLICT (id) DO UPDATE SET id = excluded.id + 10000",
+        moved,
+    )
+    .await;
 }
