@@ -512,3 +512,85 @@ async fn holds_key_changes_are_never_taken_for_plain_updates() {
     )
     .await;
 }
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "odd names")]
+struct OddName {
+    #[orm(key, rename = "sel\"ect\\é")]
+    id: i64,
+    label: String,
+}
+
+/// Slices filled to the byte with the widest `bigint` keys, under a key
+/// column name whose byte length, JSON-escaped length and quoted length
+/// all differ (`"`, `\`, `é`), written by a session with
+/// `standard_conforming_strings = off`: every payload is under 8000 bytes
+/// and valid JSON, and every key arrives once, at 285, 286 and 571 rows.
+#[tokio::test]
+async fn holds_full_slices_with_an_odd_key_name_and_backslash_escapes() {
+    let url = fresh_database().await;
+    let url_off = format!("{url}?options=-c%20standard_conforming_strings%3Doff");
+    let client = within("connect", PgClient::connect(&url_off))
+        .await
+        .unwrap();
+    let setting: String = client
+        .query_one("SHOW standard_conforming_strings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "off");
+    client
+        .execute(
+            r#"CREATE TABLE "odd names" ("sel""ect\é" bigint PRIMARY KEY, label text NOT NULL)"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(changes::install::<OddName>(&client).await.unwrap());
+    let hub = hub_for(&url).await;
+    let mut feed = ChangeFeed::<OddName, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    let mut raw = hub.subscribe(feed.channel()).await.unwrap();
+    let mut from = 0_i64;
+    let mut notifications = 0;
+    for rows in [285_i64, 286, 571] {
+        client
+            .execute(
+                "INSERT INTO \"odd names\" SELECT -9223372036854775807 - 1 + n, 'x' \
+                 FROM generate_series($1::int8, $1::int8 + $2::int8 - 1) n",
+                &[&from, &rows],
+            )
+            .await
+            .unwrap();
+        let seen = collect_until(&mut feed, |seen| seen.len() >= rows as usize).await;
+        let ids: BTreeSet<i64> = seen
+            .iter()
+            .map(|change| match change {
+                Change::Inserted(row) => row.id,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, (from..from + rows).map(|n| i64::MIN + n).collect());
+        from += rows;
+        notifications += (rows as usize).div_ceil(changes_per_slice());
+    }
+    let payloads = raw_payloads(&mut raw, notifications).await;
+    assert_eq!(payloads.len(), notifications);
+    let mut widest = 0;
+    for payload in &payloads {
+        assert!(payload.len() < 8000, "{} bytes", payload.len());
+        let value: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert!(value["keys"][0]["sel\"ect\\é"].is_i64(), "{payload}");
+        widest = widest.max(payload.len());
+    }
+    // Filled: no room for one more key of this width.
+    assert!(widest + 36 > 7999, "widest payload {widest} bytes");
+}
+
+/// Keys per fast-path notification for `odd names`: `{"sel\"ect\\é":`,
+/// 20 digits, `}` and a comma per key, in 7,980 bytes.
+fn changes_per_slice() -> usize {
+    let per_key = 1 + serde_json::to_string("sel\"ect\\é").unwrap().len() + 1 + 20 + 2;
+    7980 / per_key
+}
