@@ -594,3 +594,92 @@ fn changes_per_slice() -> usize {
     let per_key = 1 + serde_json::to_string("sel\"ect\\é").unwrap().len() + 1 + 20 + 2;
     7980 / per_key
 }
+
+/// PL/pgSQL's cached plans of the fast path do not outlive an
+/// `ALTER COLUMN TYPE` made by another session: a writer whose session
+/// planned every query for `integer` keys sends the right keys after the
+/// column becomes `bigint` (values past 2^32 are not truncated), then
+/// `text` (the general path), then `uuid`.
+#[tokio::test]
+async fn holds_plans_cached_by_a_writer_follow_another_sessions_alter_column_type() {
+    let (url, admin, hub) =
+        connect("CREATE TABLE items (id integer PRIMARY KEY, label text NOT NULL)").await;
+    assert!(changes::install::<Item>(&admin).await.unwrap());
+    let mut raw = hub
+        .subscribe(&changes::channel_name("public", "items"))
+        .await
+        .unwrap();
+    let writer = raw_client(&url).await;
+    let statements = [
+        "INSERT INTO items VALUES (1, 'a'), (2, 'b')",
+        "INSERT INTO items VALUES (3, 'c')",
+        "UPDATE items SET label = 'd'",
+        "UPDATE items SET label = 'e' WHERE id = 1",
+        "DELETE FROM items WHERE id IN (2, 3)",
+        "DELETE FROM items",
+    ];
+    for sql in statements {
+        writer.batch_execute(sql).await.unwrap();
+    }
+    assert_eq!(raw_payloads(&mut raw, statements.len()).await.len(), 6);
+    let round = |values: [&'static str; 3]| {
+        let [a, b, c] = values;
+        (
+            vec![
+                format!("INSERT INTO items VALUES ({a}, 'a'), ({b}, 'b')"),
+                format!("INSERT INTO items VALUES ({c}, 'c')"),
+                "UPDATE items SET label = 'd'".to_owned(),
+                format!("DELETE FROM items WHERE id IN ({a}, {b})"),
+                "DELETE FROM items".to_owned(),
+            ],
+            [a, b, c].map(|v| v.trim_matches('\'').to_owned()),
+        )
+    };
+    for (alter, values, quote) in [
+        ("bigint", ["4294967297", "4294967298", "-4294967299"], ""),
+        ("text", ["'x\"1'", "'y'", "'z'"], "\""),
+        (
+            "uuid USING md5(id)::uuid",
+            [
+                "'00000000-0000-0000-0000-000000000001'",
+                "'00000000-0000-0000-0000-000000000002'",
+                "'00000000-0000-0000-0000-000000000003'",
+            ],
+            "\"",
+        ),
+    ] {
+        admin
+            .execute(
+                &format!("ALTER TABLE items ALTER COLUMN id TYPE {alter}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let (sql, keys) = round(values);
+        for statement in &sql {
+            writer.batch_execute(statement).await.unwrap();
+        }
+        let key = |k: &str| format!("{{\"id\":{quote}{}{quote}}}", k.replace('"', "\\\""));
+        let expected = [
+            format!(
+                r#"{{"op":"I","keys":[{},{}]}}"#,
+                key(&keys[0]),
+                key(&keys[1])
+            ),
+            format!(r#"{{"op":"I","keys":[{}]}}"#, key(&keys[2])),
+            format!(
+                r#"{{"op":"U","keys":[{},{},{}]}}"#,
+                key(&keys[0]),
+                key(&keys[1]),
+                key(&keys[2])
+            ),
+            format!(
+                r#"{{"op":"D","keys":[{},{}]}}"#,
+                key(&keys[0]),
+                key(&keys[1])
+            ),
+            format!(r#"{{"op":"D","keys":[{}]}}"#, key(&keys[2])),
+        ];
+        assert_eq!(raw_payloads(&mut raw, 5).await, expected, "after {alter}");
+    }
+}
