@@ -683,3 +683,61 @@ async fn holds_plans_cached_by_a_writer_follow_another_sessions_alter_column_typ
         assert_eq!(raw_payloads(&mut raw, 5).await, expected, "after {alter}");
     }
 }
+
+// ---------------------------------------------------------------------
+// Finding 6 (older than this change, in the same install code): install
+// refuses a partitioned table or one with inheritance children, but not
+// a table that *is* a partition (or an inheritance child). A write
+// through the parent (`INSERT INTO parent` routed to the partition,
+// `UPDATE parent`, `DELETE FROM parent`) fires only the parent's
+// statement triggers, so the partition's feed never hears of it: changes
+// lost silently, no Resync. The docs give the same reason for refusing
+// parents.
+
+#[derive(Debug, Clone, PartialEq, FromRow, Model)]
+#[orm(table = "part")]
+struct Part {
+    #[orm(key)]
+    id: i64,
+    label: String,
+}
+
+#[tokio::test]
+async fn review_fast_6_a_partition_is_refused_or_sees_writes_through_its_parent() {
+    let (_url, client, hub) = connect(
+        "CREATE TABLE whole (id bigint NOT NULL, label text NOT NULL) PARTITION BY RANGE (id);
+         CREATE TABLE part PARTITION OF whole (PRIMARY KEY (id)) FOR VALUES FROM (0) TO (1000)",
+    )
+    .await;
+    if let Err(error) = changes::install::<Part>(&client).await {
+        // Refused, as the parent is: nothing can be lost.
+        assert!(
+            matches!(error, pgorm::OrmError::Validation(_)),
+            "refused with a typed error, got {error:?}"
+        );
+        return;
+    }
+    let mut feed = ChangeFeed::<Part, _>::subscribe(&hub, client.clone())
+        .await
+        .unwrap();
+    client
+        .execute("INSERT INTO whole VALUES (1, 'through the parent')", &[])
+        .await
+        .unwrap();
+    // A marker written straight into the partition, which the feed sees.
+    client
+        .execute("INSERT INTO part VALUES (2, 'marker')", &[])
+        .await
+        .unwrap();
+    let seen = collect_until(&mut feed, |seen| {
+        seen.iter()
+            .any(|c| matches!(c, Change::Inserted(row) if row.id == 2))
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|c| matches!(c, Change::Inserted(row) if row.id == 1)
+                || matches!(c, Change::Resync)),
+        "the row written through the parent was never reported: {seen:?}"
+    );
+}
