@@ -599,7 +599,8 @@ fn changes_per_slice() -> usize {
 /// `ALTER COLUMN TYPE` made by another session: a writer whose session
 /// planned every query for `integer` keys sends the right keys after the
 /// column becomes `bigint` (values past 2^32 are not truncated), then
-/// `text` (the general path), then `uuid`.
+/// `text` (the general path), then `uuid`, on one-row and multi-row
+/// statements of every kind.
 #[tokio::test]
 async fn holds_plans_cached_by_a_writer_follow_another_sessions_alter_column_type() {
     let (url, admin, hub) =
@@ -629,6 +630,7 @@ async fn holds_plans_cached_by_a_writer_follow_another_sessions_alter_column_typ
                 format!("INSERT INTO items VALUES ({a}, 'a'), ({b}, 'b')"),
                 format!("INSERT INTO items VALUES ({c}, 'c')"),
                 "UPDATE items SET label = 'd'".to_owned(),
+                format!("UPDATE items SET label = 'f' WHERE id = {c}"),
                 format!("DELETE FROM items WHERE id IN ({a}, {b})"),
                 "DELETE FROM items".to_owned(),
             ],
@@ -673,6 +675,7 @@ async fn holds_plans_cached_by_a_writer_follow_another_sessions_alter_column_typ
                 key(&keys[1]),
                 key(&keys[2])
             ),
+            format!(r#"{{"op":"U","keys":[{}]}}"#, key(&keys[2])),
             format!(
                 r#"{{"op":"D","keys":[{},{}]}}"#,
                 key(&keys[0]),
@@ -680,7 +683,7 @@ async fn holds_plans_cached_by_a_writer_follow_another_sessions_alter_column_typ
             ),
             format!(r#"{{"op":"D","keys":[{}]}}"#, key(&keys[2])),
         ];
-        assert_eq!(raw_payloads(&mut raw, 5).await, expected, "after {alter}");
+        assert_eq!(raw_payloads(&mut raw, 6).await, expected, "after {alter}");
     }
 }
 
