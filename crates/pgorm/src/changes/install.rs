@@ -74,27 +74,34 @@ impl FastKey {
         }
     }
 
-    /// The OIDs of the arrays of the family's types, which `array_agg`
-    /// returns (`_int2`, `_int4`, `_int8`; `_uuid`): the function checks
-    /// that the column still has one of them, and takes the general path
-    /// if not.
-    fn array_type_oids(self) -> &'static str {
+    /// The OIDs of the family's types (`int2`, `int4`, `int8`; `uuid`):
+    /// before gathering the keys of a statement, the function checks that
+    /// the column still has one of them (an `ALTER COLUMN TYPE` since
+    /// `install` may have changed it), and takes the general path if not.
+    fn type_oids(self) -> &'static str {
         match self {
-            FastKey::Integer => "1005, 1007, 1016",
-            FastKey::Uuid => "2951",
+            FastKey::Integer => "20, 21, 23",
+            FastKey::Uuid => "2950",
         }
     }
 }
 
-/// How many keys of `column` one fast-path notification carries: as many
-/// as fit in [`PAYLOAD_LIMIT`] bytes when every key is as wide as its type
-/// allows.
-fn keys_per_notification(column: &str, fast: FastKey) -> usize {
-    let name = serde_json::to_string(column).expect("a string serialises");
+/// Statements of more rows than this take the general path even with a
+/// fast key: the fast path gathers a statement's keys into one array (a
+/// few tens of MB at this size), and PostgreSQL refuses an array over
+/// 1 GB, which about 2^26 keys would reach.
+const MAX_FAST_ROWS: usize = 1_000_000;
+
+/// How many keys one fast-path notification carries: as many as fit in
+/// [`PAYLOAD_LIMIT`] bytes when every key is as wide as its type allows.
+/// `name_bytes` is the length of the key column's name as a JSON string
+/// (quotes included) in the server's encoding, which is what
+/// `pg_notify`'s limit counts.
+fn keys_per_notification(name_bytes: usize, fast: FastKey) -> usize {
     // `{"op":"I","keys":[` and `]}`.
     let frame = r#"{"op":"I","keys":[]}"#.len();
     // `{"id":` (quote) key (quote) `}` and a comma.
-    let per_key = 1 + name.len() + 1 + 2 * fast.quote().len() + fast.width() + 1 + 1;
+    let per_key = 1 + name_bytes + 1 + 2 * fast.quote().len() + fast.width() + 1 + 1;
     // The last key has no comma.
     (PAYLOAD_LIMIT - frame + 1) / per_key
 }
@@ -222,17 +229,25 @@ fn general_path(channel: &str, keys: &[&str]) -> OrmResult<GeneralPath> {
     })
 }
 
+/// A single key column that takes the fast path: its [`FastKey`] family,
+/// and the length of its name as a JSON string in the server's encoding.
+#[derive(Debug, Clone, Copy)]
+struct FastColumn {
+    key: FastKey,
+    name_bytes: usize,
+}
+
 /// The table's own trigger function, with its channel and key columns
 /// written into static SQL (so PL/pgSQL plans each query once per session).
-/// It reads the transition tables once per statement; with a [`FastKey`]
-/// it takes the fast path ([`fast_path`]), with any other key the general
-/// one ([`general_path`]). Both send the same
+/// It reads the transition tables once per statement; with a
+/// [`FastColumn`] it takes the fast path ([`fast_path`]), with any other
+/// key the general one ([`general_path`]). Both send the same
 /// `{"op":"I|U|D","keys":[{...},...]}` payloads.
 fn function_sql(
     function: &str,
     channel: &str,
     keys: &[&str],
-    fast: Option<FastKey>,
+    fast: Option<FastColumn>,
 ) -> OrmResult<String> {
     let channel = sql_literal(channel);
     let general = general_path(&channel, keys)?;
@@ -282,28 +297,31 @@ END
 /// - A statement of one row (the common single-row write) costs a probe
 ///   for a second row, one plain `SELECT` of the key (one `to_json`) and
 ///   the `pg_notify`.
-/// - A statement of more rows takes the keys with one `array_agg` over the
-///   transition table and sends them in slices of
-///   [`keys_per_notification`] keys, each rendered by one
-///   `array_to_string`; up to one slice, the first (bounded) query
+/// - A statement of more rows checks the column's type on one row, takes
+///   the keys with one `array_agg` over the transition table and sends
+///   them in slices of [`keys_per_notification`] keys, each rendered by
+///   one `array_to_string`; up to one slice, the first (bounded) query
 ///   returns the payload itself.
 /// - An UPDATE whose new keys equal its old ones, in order, changed no key
 ///   (every row is `U`) and needs no join.
 ///
 /// An UPDATE that changes keys takes the general path, and so does every
 /// statement of more than one row once the column's type has left the
-/// key's family (an `ALTER COLUMN TYPE` since `install`). `channel` is an
-/// SQL literal.
+/// key's family (an `ALTER COLUMN TYPE` since `install`) and every
+/// statement of more than [`MAX_FAST_ROWS`] rows. Every column is read
+/// through a table alias, so a key column named like one of the
+/// function's variables (`payload`, `fast`, ...) stays unambiguous.
+/// `channel` is an SQL literal.
 fn fast_path(
     channel: &str,
     column: &str,
-    fast: FastKey,
+    fast: FastColumn,
     general: &GeneralPath,
 ) -> OrmResult<(String, String, String)> {
-    let per = keys_per_notification(column, fast);
+    let per = keys_per_notification(fast.name_bytes, fast.key);
     let name = serde_json::to_string(column).expect("a string serialises");
-    let quote = fast.quote();
-    let array_oids = fast.array_type_oids();
+    let quote = fast.key.quote();
+    let type_oids = fast.key.type_oids();
     let column = quote_identifier(column)?;
     let separator = sql_literal(&format!("{quote}}},{{{name}:{quote}"));
     let open = |op: &str| sql_literal(&format!(r#"{{"op":"{op}","keys":[{{{name}:{quote}"#));
@@ -333,15 +351,25 @@ fn fast_path(
             ),
         }
     };
-    // The row count (up to one more than a slice), the first slice's
-    // payload, and whether the key is still of the family (and `also`).
-    let first = |op: &str, table: &str, also: &str| {
+    // Whether the column is still of the key's family, read off one row
+    // before any key is gathered (an array column would pass a check of
+    // the gathered keys' type, and fail to gather when its arrays differ
+    // in size).
+    let family = |table: &str| {
         format!(
-            "SELECT count(*), {open} || array_to_string(array_agg(r.{column}), {separator}) || {close}, \
-                    pg_typeof(array_agg(r.{column}))::oid IN ({array_oids}){also} \
-             INTO counted, payload, fast \
-             FROM (SELECT {column} FROM {table} LIMIT {limit}) r;",
+            "SELECT pg_typeof(t.{column})::oid IN ({type_oids}) INTO fast FROM {table} t LIMIT 1;"
+        )
+    };
+    // The row count (up to one more than a slice) and the first slice's
+    // payload, and `also` INTO `fast` if given.
+    let first = |op: &str, table: &str, also: Option<&str>| {
+        format!(
+            "SELECT count(*), {open} || array_to_string(array_agg(r.{column}), {separator}) || {close}{also} \
+             INTO counted, payload{into} \
+             FROM (SELECT t.{column} FROM {table} t LIMIT {limit}) r;",
             open = open(op),
+            also = also.map(|also| format!(", {also}")).unwrap_or_default(),
+            into = if also.is_some() { ", fast" } else { "" },
             limit = per + 1,
         )
     };
@@ -354,25 +382,32 @@ fn fast_path(
             last = per - 1,
         )
     };
+    // Whether all of a statement's keys may be gathered into one array.
+    let not_too_many = |table: &str| format!("(SELECT count(*) FROM {table}) <= {MAX_FAST_ROWS}");
     let insert_or_delete = |op: &str, table: &str, general: &str| {
         format!(
             r#"PERFORM FROM {table} OFFSET 1 LIMIT 1;
         IF NOT FOUND THEN
             {single}
-        ELSE
+        END IF;
+        {family}
+        IF fast THEN
             {first}
-            IF fast AND counted <= {per} THEN
+            IF counted <= {per} THEN
                 PERFORM pg_notify({channel}, payload);
                 RETURN NULL;
-            ELSIF fast THEN
+            ELSIF {not_too_many} THEN
                 {all};
                 RETURN NULL;
             END IF;
         END IF;
-        -- The key left its family since install: the general path.
+        -- The key left its family since install, or the statement is too
+        -- large to gather its keys at once: the general path.
         {general}"#,
             single = single(op, &format!("{table} r"), None),
-            first = first(op, table, ""),
+            family = family(table),
+            first = first(op, table, None),
+            not_too_many = not_too_many(table),
             all = slices(
                 op,
                 "keys",
@@ -381,8 +416,8 @@ fn fast_path(
         )
     };
     let same_keys = format!(
-        " AND array_agg(r.{column}) = \
-         (SELECT array_agg(o.{column}) FROM (SELECT {column} FROM pgorm_old LIMIT {limit}) o)",
+        "array_agg(r.{column}) = \
+         (SELECT array_agg(o.{column}) FROM (SELECT t.{column} FROM pgorm_old t LIMIT {limit}) o)",
         limit = per + 1
     );
     // OFFSET 0 keeps the subquery whole, so each array is built once.
@@ -399,25 +434,31 @@ fn fast_path(
         IF NOT FOUND THEN
             {single}
         ELSE
-            {first}
-            IF fast AND counted <= {per} THEN
-                PERFORM pg_notify({channel}, payload);
-                RETURN NULL;
-            ELSIF fast THEN
-                {all_updated} WHERE s.new_keys = s.old_keys;
-                IF FOUND THEN
+            {family}
+            IF fast THEN
+                {first}
+                IF fast AND counted <= {per} THEN
+                    PERFORM pg_notify({channel}, payload);
                     RETURN NULL;
+                ELSIF fast AND {not_too_many} THEN
+                    {all_updated} WHERE s.new_keys = s.old_keys;
+                    IF FOUND THEN
+                        RETURN NULL;
+                    END IF;
                 END IF;
             END IF;
         END IF;
-        -- Keys changed (or the key left its family): the general path.
+        -- Keys changed, the key left its family, or the statement is too
+        -- large to gather its keys at once: the general path.
         {general}"#,
         single = single(
             "U",
             "pgorm_new r, pgorm_old o",
             Some(&format!("r.{column} = o.{column}"))
         ),
-        first = first("U", "pgorm_new", &same_keys),
+        family = family("pgorm_new"),
+        first = first("U", "pgorm_new", Some(&same_keys)),
+        not_too_many = not_too_many("pgorm_new"),
         general = general.update,
     );
     Ok((
@@ -444,9 +485,9 @@ fn function_name(table: &str) -> String {
 /// What the function's comment says: the version, the key columns' types
 /// as they were at install (the fast path depends on them), the channel,
 /// the keys. Ends with [`comment_tail`], which every version writes.
-fn function_comment(channel: &str, keys: &[&str], key_types: &[String]) -> String {
+fn function_comment(channel: &str, keys: &[&str], key_types: &[u32]) -> String {
     format!(
-        "{FEED_VERSION}; key types {key_types:?}{}",
+        "{FEED_VERSION}; key type OIDs {key_types:?}{}",
         comment_tail(channel, keys)
     )
 }
@@ -600,29 +641,33 @@ async fn is_current(client: &impl GenericClient, feed: &Feed, comment: &str) -> 
 /// exist or the role may not create triggers on it;
 /// [`OrmError::Validation`](crate::OrmError::Validation) for names that
 /// cannot be identifiers, for a key column the table lacks or that may be
-/// NULL, and for a partitioned table or one with
-/// inheritance children (a write straight into a partition fires no
-/// trigger of the parent: its changes would be lost silently).
+/// NULL, and for a partitioned table, a partition, or a table with
+/// inheritance children or parents (statement triggers fire only for the
+/// table a statement names: writes through another table of the tree
+/// would be lost silently).
 pub async fn install<M: Model>(client: &PgClient) -> OrmResult<bool> {
     let tx = client.transaction().await?;
     let feed = feed_of::<M>(&tx).await?;
     lock(&tx, &feed).await?;
     refuse_partitioned(&tx, &feed).await?;
     let key_types = check_keys::<M>(&tx, &feed).await?;
-    let comment = function_comment(
-        &feed.channel,
-        M::KEY_COLUMNS,
-        &key_types
-            .iter()
-            .map(|(_, name)| name.clone())
-            .collect::<Vec<_>>(),
-    );
+    let comment = function_comment(&feed.channel, M::KEY_COLUMNS, &key_types);
     if is_current(&tx, &feed, &comment).await? {
         tx.rollback().await?;
         return Ok(false);
     }
-    let fast = match key_types.as_slice() {
-        [(type_oid, _)] => FastKey::of(*type_oid),
+    let fast = match (key_types.as_slice(), M::KEY_COLUMNS) {
+        ([type_oid], [column]) => match FastKey::of(*type_oid) {
+            Some(key) => Some(FastColumn {
+                key,
+                name_bytes: server_length(
+                    &tx,
+                    &serde_json::to_string(column).expect("a string serialises"),
+                )
+                .await?,
+            }),
+            None => None,
+        },
         _ => None,
     };
     let previous = trigger_functions(&tx, &feed).await?;
@@ -683,18 +728,14 @@ async fn lock(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
 /// Refuses key columns that the table lacks or that may be NULL: PL/pgSQL
 /// checks the function's queries only when they run, so a wrong key column
 /// would make every write to the table fail in the trigger. Returns each
-/// key column's type, as its OID and as the server writes it
-/// (`format_type`).
-async fn check_keys<M: Model>(
-    client: &impl GenericClient,
-    feed: &Feed,
-) -> OrmResult<Vec<(u32, String)>> {
+/// key column's type OID (not its name, which reads differently under
+/// another `search_path`).
+async fn check_keys<M: Model>(client: &impl GenericClient, feed: &Feed) -> OrmResult<Vec<u32>> {
     let mut types = Vec::with_capacity(M::KEY_COLUMNS.len());
     for column in M::KEY_COLUMNS {
         let row = client
             .query_opt(
-                "SELECT a.attnotnull, a.atttypid, format_type(a.atttypid, a.atttypmod) \
-                 FROM pg_attribute a \
+                "SELECT a.attnotnull, a.atttypid FROM pg_attribute a \
                  WHERE a.attrelid = $1::text::regclass AND a.attname = $2 \
                    AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&feed.table, column],
@@ -704,10 +745,7 @@ async fn check_keys<M: Model>(
             None => "does not exist",
             Some(row) if !crate::model::decode_at::<bool>(&row, 0)? => "may be NULL",
             Some(row) => {
-                types.push((
-                    crate::model::decode_at(&row, 1)?,
-                    crate::model::decode_at(&row, 2)?,
-                ));
+                types.push(crate::model::decode_at(&row, 1)?);
                 continue;
             }
         };
@@ -720,27 +758,39 @@ async fn check_keys<M: Model>(
     Ok(types)
 }
 
-/// Refuses a partitioned table or one with inheritance children: the
-/// statement-level triggers fire only for statements that name the table
-/// itself, so a write straight into a partition or child would never reach
-/// a feed.
+/// The length of `text` in bytes in the server's encoding, which is what
+/// `pg_notify`'s payload limit counts.
+async fn server_length(client: &impl GenericClient, text: &str) -> OrmResult<usize> {
+    let row = client
+        .query_one("SELECT octet_length($1::text)", &[&text])
+        .await?;
+    let length: i32 = crate::model::decode_at(&row, 0)?;
+    Ok(usize::try_from(length).unwrap_or(usize::MAX))
+}
+
+/// Refuses a partitioned table, a partition, and a table with inheritance
+/// children or parents: statement-level triggers fire only for the table
+/// a statement names, so writes straight into a partition or child, or
+/// through a parent, would never reach the feed.
 async fn refuse_partitioned(client: &impl GenericClient, feed: &Feed) -> OrmResult<()> {
     let row = client
         .query_one(
-            "SELECT c.relkind = 'p' OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) \
+            "SELECT c.relkind = 'p' OR c.relispartition \
+                    OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid OR i.inhrelid = c.oid) \
              FROM pg_class c WHERE c.oid = $1::text::regclass",
             &[&feed.table],
         )
         .await?;
-    let parent: bool = crate::model::decode_at(&row, 0)?;
-    if !parent {
+    let related: bool = crate::model::decode_at(&row, 0)?;
+    if !related {
         return Ok(());
     }
     Err(ValidationError::Setting {
         setting: "change feed",
         reason: format!(
-            "{} has partitions or inheritance children; writes straight into them \
-             would not fire its statement triggers, so its changes cannot all be seen",
+            "{} is partitioned, a partition, or in an inheritance tree; writes through \
+             another table of the tree would not fire its statement triggers, so its \
+             changes cannot all be seen",
             feed.table
         ),
     }
@@ -836,7 +886,7 @@ mod tests {
         let name = serde_json::to_string(column).unwrap();
         let quote = fast.quote();
         let key = format!("{{{name}:{quote}{}{quote}}}", "9".repeat(fast.width()));
-        let keys = vec![key; keys_per_notification(column, fast)];
+        let keys = vec![key; keys_per_notification(name.len(), fast)];
         format!(r#"{{"op":"U","keys":[{}]}}"#, keys.join(","))
     }
 
@@ -862,7 +912,10 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(&payload).unwrap();
             }
         }
-        assert_eq!(keys_per_notification("id", FastKey::Integer), 285);
+        assert_eq!(
+            keys_per_notification(r#""id""#.len(), FastKey::Integer),
+            285
+        );
     }
 
     #[test]
@@ -874,12 +927,16 @@ mod tests {
         // text, numeric
         assert_eq!(FastKey::of(25), None);
         assert_eq!(FastKey::of(1700), None);
-        let fast = function_sql("f", "c", &["id"], Some(FastKey::Integer)).unwrap();
+        let integer = Some(FastColumn {
+            key: FastKey::Integer,
+            name_bytes: 4,
+        });
+        let fast = function_sql("f", "c", &["id"], integer).unwrap();
         let general = function_sql("f", "c", &["id"], None).unwrap();
         assert!(fast.contains("array_to_string") && general.contains("to_json"));
         assert!(!general.contains("array_to_string"));
         // A composite key never does, whatever is asked.
-        let composite = function_sql("f", "c", &["a", "b"], Some(FastKey::Integer)).unwrap();
+        let composite = function_sql("f", "c", &["a", "b"], integer).unwrap();
         assert!(!composite.contains("array_to_string"));
     }
 

@@ -15,8 +15,8 @@
 //!   per statement, sent in slices of a fixed number of keys (sized at
 //!   install for the type's widest text), each rendered by one
 //!   `array_to_string`; a one-row statement reads its key with one plain
-//!   `SELECT`. Other keys render each key with `to_json`. The payloads are
-//!   the same either way.
+//!   `SELECT`. Statements of more than 1,000,000 rows, and other keys,
+//!   render each key with `to_json`. The payloads are the same either way.
 //! - The channel is derived from schema and table ([`channel_name`]); it is
 //!   a valid channel (at most 63 bytes, a hash suffix for long names).
 //! - Notifications are delivered at commit, in commit order. The feed reads

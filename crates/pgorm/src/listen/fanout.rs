@@ -997,7 +997,7 @@ mod tests {
                     }
                     Seen::Reconnected(g) => {
                         let boundary = boundaries[g as usize];
-                        assert!(last.map_or(true, |l| l < boundary), "R{g} after a later notification");
+                        assert!(last.is_none_or(|l| l < boundary), "R{g} after a later notification");
                         assert!(boundary >= *floor, "markers out of order");
                         *floor = boundary;
                         Some(true)
