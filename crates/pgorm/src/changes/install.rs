@@ -382,8 +382,15 @@ fn fast_path(
             last = per - 1,
         )
     };
-    // Whether all of a statement's keys may be gathered into one array.
-    let not_too_many = |table: &str| format!("(SELECT count(*) FROM {table}) <= {MAX_FAST_ROWS}");
+    // A query of the statement's keys as one array, `alias`, of at most one
+    // more than MAX_FAST_ROWS (a statement with more sends nothing on the
+    // fast path and takes the general one).
+    let gathered = |table: &str, alias: &str| {
+        format!(
+            "SELECT array_agg(r.{column}) AS {alias} FROM (SELECT t.{column} FROM {table} t LIMIT {limit}) r",
+            limit = MAX_FAST_ROWS + 1
+        )
+    };
     let insert_or_delete = |op: &str, table: &str, general: &str| {
         format!(
             r#"PERFORM FROM {table} OFFSET 1 LIMIT 1;
@@ -396,8 +403,9 @@ fn fast_path(
             IF counted <= {per} THEN
                 PERFORM pg_notify({channel}, payload);
                 RETURN NULL;
-            ELSIF {not_too_many} THEN
-                {all};
+            END IF;
+            {all} WHERE cardinality(s.keys) <= {MAX_FAST_ROWS};
+            IF FOUND THEN
                 RETURN NULL;
             END IF;
         END IF;
@@ -407,12 +415,7 @@ fn fast_path(
             single = single(op, &format!("{table} r"), None),
             family = family(table),
             first = first(op, table, None),
-            not_too_many = not_too_many(table),
-            all = slices(
-                op,
-                "keys",
-                &format!("(SELECT array_agg(r.{column}) AS keys FROM {table} r)")
-            ),
+            all = slices(op, "keys", &format!("({})", gathered(table, "keys"))),
         )
     };
     let same_keys = format!(
@@ -425,8 +428,9 @@ fn fast_path(
         "U",
         "new_keys",
         &format!(
-            "(SELECT (SELECT array_agg(n.{column}) FROM pgorm_new n) AS new_keys, \
-                     (SELECT array_agg(o.{column}) FROM pgorm_old o) AS old_keys OFFSET 0)"
+            "(SELECT ({}) AS new_keys, ({}) AS old_keys OFFSET 0)",
+            gathered("pgorm_new", "keys"),
+            gathered("pgorm_old", "keys")
         ),
     );
     let update = format!(
@@ -440,8 +444,8 @@ fn fast_path(
                 IF fast AND counted <= {per} THEN
                     PERFORM pg_notify({channel}, payload);
                     RETURN NULL;
-                ELSIF fast AND {not_too_many} THEN
-                    {all_updated} WHERE s.new_keys = s.old_keys;
+                ELSIF fast THEN
+                    {all_updated} WHERE s.new_keys = s.old_keys AND cardinality(s.new_keys) <= {MAX_FAST_ROWS};
                     IF FOUND THEN
                         RETURN NULL;
                     END IF;
@@ -458,7 +462,6 @@ fn fast_path(
         ),
         family = family("pgorm_new"),
         first = first("U", "pgorm_new", Some(&same_keys)),
-        not_too_many = not_too_many("pgorm_new"),
         general = general.update,
     );
     Ok((
