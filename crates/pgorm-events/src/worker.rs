@@ -916,7 +916,7 @@ async fn write_outcome(
     None
 }
 
-/// Hands a completion to the completer task and waits for its verdict.
+/// Hands a completion to the coordinator and waits for its verdict.
 async fn complete_batched(shared: &Shared, claimed: &ClaimedEvent) -> Option<bool> {
     let (reply, verdict) = oneshot::channel();
     let completion = Completion {
