@@ -202,8 +202,7 @@ impl EventWorkers {
         config.validate()?;
         router.validate()?;
         let subscription = hub.subscribe(&events.config().wakeup_channel()).await?;
-        let (completions, completion_queue) =
-            mpsc::channel(config.concurrency.saturating_mul(2));
+        let (completions, completion_queue) = mpsc::channel(config.concurrency.saturating_mul(2));
         let shared = Arc::new(Shared {
             completions,
             client,
