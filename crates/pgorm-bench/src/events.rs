@@ -1,5 +1,7 @@
 //! The `events` workload: pgorm-events' enqueue rate in the caller's
-//! transaction (wake-ups on and off), batch enqueue, dispatch with batched
+//! transaction (wake-ups on and off) beside the durable-commit floor (a bare
+//! single-row INSERT per transaction, same producers, same server and
+//! moment; `events-enqueue` runs these three alone), batch enqueue, dispatch with batched
 //! claims and completions (plain and transactional handlers), and
 //! publish-to-handler latency on an idle queue and at a steady 1,000/s,
 //! sustained dispatch with tuned and default autovacuum; and two long modes,
@@ -24,7 +26,7 @@ use crate::Results;
 pub const RUNS: &[&str] = &[
     "enqueue tx x4 producers, wake-ups on",
     "enqueue tx x4 producers, wake-ups off",
-    "floor: bare INSERT tx x4 producers",
+    FLOOR,
     "enqueue batch 5000",
     "dispatch no-op, 32 slots",
     "dispatch transactional, 32 slots",
@@ -32,6 +34,18 @@ pub const RUNS: &[&str] = &[
     "latency steady 1000/s",
     "dispatch sustained 60 s, tuned autovacuum",
     "dispatch sustained 60 s, default autovacuum",
+];
+
+/// The durable-commit floor of the enqueue rows (their "× raw" column is
+/// the ratio to it, round by round).
+pub const FLOOR: &str = "floor: bare INSERT tx x4 producers";
+
+/// The runs of the `events-enqueue` workload: the enqueue rows of `events`
+/// and their floor, interleaved in each round.
+pub const ENQUEUE_RUNS: &[&str] = &[
+    "enqueue tx x4 producers, wake-ups on",
+    "enqueue tx x4 producers, wake-ups off",
+    FLOOR,
 ];
 
 /// The run of the `events-soak` workload.
@@ -101,7 +115,7 @@ pub async fn run(run: &str, url: &str) -> Results {
     let results = match run {
         "enqueue tx x4 producers, wake-ups on" => enqueue(url, &client, &events, true).await,
         "enqueue tx x4 producers, wake-ups off" => enqueue(url, &client, &events, false).await,
-        "floor: bare INSERT tx x4 producers" => enqueue_floor(url, &client, &schema).await,
+        FLOOR => enqueue_floor(url, &client, &schema).await,
         "enqueue batch 5000" => enqueue_batch(&client, &events).await,
         "dispatch no-op, 32 slots" => dispatch(&client, &events, false).await,
         "dispatch transactional, 32 slots" => dispatch(&client, &events, true).await,
