@@ -218,13 +218,16 @@ impl EventWorkers {
         });
         let (stop, stopped) = watch::channel(false);
         let (claiming_stopped_tx, claiming_stopped) = oneshot::channel();
+        let (completer, completer_queue) = mpsc::channel(4);
         let coordinator = tokio::spawn(coordinate(
             shared.clone(),
             stopped,
             completion_queue,
+            completer,
             claiming_stopped_tx,
         ));
         let background = vec![
+            tokio::spawn(complete_forwarded(shared.clone(), completer_queue)),
             tokio::spawn(listen_for_wakeups(shared.clone(), subscription)),
             tokio::spawn(heartbeat(shared.clone())),
         ];
@@ -423,20 +426,24 @@ impl ClaimPlan {
 /// How long after a wake-up's claim the follow-up claim runs.
 const FOLLOW_UP: Duration = Duration::from_millis(5);
 
-/// Claims while there is work and free slots, writing the completions
-/// that are waiting in the same statement; writes completions alone when
-/// no slot is free; otherwise waits for a wake-up, a freed slot, a
-/// completion, the poll, or the next due time. Once stopped it claims no
-/// more, tells `claiming_stopped`, and goes on writing completions until
-/// the pool aborts it.
+/// Claims while there is work and free slots. While the pool is busy (its
+/// last claim was full) the completions that are waiting ride on the next
+/// claim statement; otherwise they go to the completer task, so that an
+/// idle pool's claim after a wake-up never waits for a completion's commit.
+/// With no slot free it writes them alone. Otherwise it waits for a
+/// wake-up, a freed slot, a completion, the poll, or the next due time.
+/// Once stopped it claims no more, tells `claiming_stopped`, and goes on
+/// writing completions until the pool aborts it.
 async fn coordinate(
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
     mut completions: mpsc::Receiver<Completion>,
+    completer: mpsc::Sender<Vec<Completion>>,
     claiming_stopped: oneshot::Sender<()>,
 ) {
     let mut failures: u32 = 0;
     let mut plan = ClaimPlan::default();
+    let mut busy = false;
     let mut claiming_stopped = Some(claiming_stopped);
     let max_batch = shared.config.max_batch;
     let mut pending: Vec<Completion> = Vec::with_capacity(max_batch);
@@ -466,6 +473,15 @@ async fn coordinate(
         if free == 0 && !pending.is_empty() {
             write_completions(&shared, &mut pending).await;
             continue;
+        }
+        if !busy && !pending.is_empty() {
+            let batch = std::mem::replace(&mut pending, Vec::with_capacity(max_batch));
+            if let Err(returned) = completer.send(batch).await {
+                // The completer is gone (the pool is being dropped): the
+                // completions are answered as failed and written alone.
+                pending = returned.0;
+                answer_completions(&mut pending, None);
+            }
         }
         if free > 0 {
             let claim_started = Instant::now();
@@ -498,6 +514,7 @@ async fn coordinate(
                     plan.record(cursor.is_none(), took, &claimed);
                     observe_claim(&shared, free, claimed.len(), took);
                     let full = claimed.len() == free;
+                    busy = full;
                     for event in claimed {
                         start_event(&shared, event);
                     }
@@ -520,6 +537,7 @@ async fn coordinate(
                     }
                 }
                 Err(error) => {
+                    busy = false;
                     database_error(&shared, "claim", &error);
                     // The completions carried are written alone by their
                     // tasks, with retries.
@@ -546,6 +564,14 @@ async fn coordinate(
             _ = tokio::time::sleep(jittered(shared.config.poll_interval)), if !stopping => {}
             _ = tokio::time::sleep(next_due.unwrap_or_default()), if next_due.is_some() && !stopping => {}
         }
+    }
+}
+
+/// Writes the completions the coordinator hands over while the pool is not
+/// busy, one statement per batch.
+async fn complete_forwarded(shared: Arc<Shared>, mut batches: mpsc::Receiver<Vec<Completion>>) {
+    while let Some(mut batch) = batches.recv().await {
+        write_completions(&shared, &mut batch).await;
     }
 }
 
