@@ -8,8 +8,9 @@
 //! 1. The coordinator task claims up to `free slots` events in one
 //!    statement (`FOR UPDATE SKIP LOCKED`, expired leases included: that is
 //!    the rescue of events whose worker died). A slot is free once its
-//!    handler returns, so the next claim overlaps the writing of the last
-//!    batch's outcomes; at most twice `concurrency` events are held.
+//!    handler returns; while the pool is busy, the completions waiting
+//!    are written by the next claim statement (one commit per round), else
+//!    by a completer task. At most twice `concurrency` events are held.
 //! 2. Each runs in its own task: the handler runs in a further task, so a
 //!    panic or a timeout is contained and becomes a failed attempt.
 //! 3. The outcome (done, retry with backoff, dead) is written fenced by the
