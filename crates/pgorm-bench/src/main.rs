@@ -345,7 +345,9 @@ fn print_table(workload: &str, runs: &[&str], results: &BTreeMap<&str, Vec<Resul
         // The events enqueue rows are compared with the durable-commit
         // floor of the same round.
         let raw = if workload.starts_with("events") {
-            results.get(events::FLOOR).filter(|_| run.starts_with("enqueue tx"))
+            results
+                .get(events::FLOOR)
+                .filter(|_| run.starts_with("enqueue tx"))
         } else {
             results.get(if run.ends_with(" TLS") { RAW_TLS } else { RAW })
         };
