@@ -1,5 +1,7 @@
 //! The `events` workload: pgorm-events' enqueue rate in the caller's
-//! transaction (wake-ups on and off), batch enqueue, dispatch with batched
+//! transaction (wake-ups on and off) beside the durable-commit floor (a bare
+//! single-row INSERT per transaction, same producers, same server and
+//! moment; `events-enqueue` runs these three alone), batch enqueue, dispatch with batched
 //! claims and completions (plain and transactional handlers), and
 //! publish-to-handler latency on an idle queue and at a steady 1,000/s,
 //! sustained dispatch with tuned and default autovacuum; and two long modes,
@@ -24,6 +26,7 @@ use crate::Results;
 pub const RUNS: &[&str] = &[
     "enqueue tx x4 producers, wake-ups on",
     "enqueue tx x4 producers, wake-ups off",
+    FLOOR,
     "enqueue batch 5000",
     "dispatch no-op, 32 slots",
     "dispatch transactional, 32 slots",
@@ -31,6 +34,18 @@ pub const RUNS: &[&str] = &[
     "latency steady 1000/s",
     "dispatch sustained 60 s, tuned autovacuum",
     "dispatch sustained 60 s, default autovacuum",
+];
+
+/// The durable-commit floor of the enqueue rows (their "× raw" column is
+/// the ratio to it, round by round).
+pub const FLOOR: &str = "floor: bare INSERT tx x4 producers";
+
+/// The runs of the `events-enqueue` workload: the enqueue rows of `events`
+/// and their floor, interleaved in each round.
+pub const ENQUEUE_RUNS: &[&str] = &[
+    "enqueue tx x4 producers, wake-ups on",
+    "enqueue tx x4 producers, wake-ups off",
+    FLOOR,
 ];
 
 /// The run of the `events-soak` workload.
@@ -100,6 +115,7 @@ pub async fn run(run: &str, url: &str) -> Results {
     let results = match run {
         "enqueue tx x4 producers, wake-ups on" => enqueue(url, &client, &events, true).await,
         "enqueue tx x4 producers, wake-ups off" => enqueue(url, &client, &events, false).await,
+        FLOOR => enqueue_floor(url, &client, &schema).await,
         "enqueue batch 5000" => enqueue_batch(&client, &events).await,
         "dispatch no-op, 32 slots" => dispatch(&client, &events, false).await,
         "dispatch transactional, 32 slots" => dispatch(&client, &events, true).await,
@@ -167,6 +183,51 @@ async fn enqueue(url: &str, client: &PgClient, events: &Events, wakeups: bool) -
                     let tx = client.transaction().await.expect("begin");
                     let event = NewEvent::new("bench", &serde_json::json!({"n": 1})).unwrap();
                     events.publish(&tx, event).await.expect("publish");
+                    tx.commit().await.expect("commit");
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.expect("producer");
+    }
+    rate(count.load(Ordering::Relaxed), started.elapsed())
+}
+
+/// The durable-commit floor for the enqueue runs, on the same server and
+/// at the same moment: four producers, each on a connection of its own,
+/// each committing one single-row INSERT (a bigint identity and a small
+/// jsonb, no index but the primary key, no trigger) per transaction, as
+/// pgbench's simplest custom script would.
+async fn enqueue_floor(url: &str, client: &PgClient, schema: &str) -> Results {
+    client
+        .execute(
+            &format!(
+                "CREATE TABLE \"{schema}\".floor (\
+                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload jsonb NOT NULL)"
+            ),
+            &[],
+        )
+        .await
+        .expect("create the floor table");
+    let insert = format!("INSERT INTO \"{schema}\".floor (payload) VALUES ($1::text::jsonb)");
+    let count = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(PgClient::connect(url).await.expect("producer client"));
+    }
+    let started = Instant::now();
+    let producers: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            let (insert, count) = (insert.clone(), count.clone());
+            tokio::spawn(async move {
+                while started.elapsed() < ENQUEUE_FOR {
+                    let tx = client.transaction().await.expect("begin");
+                    tx.execute(&insert, &[&r#"{"n": 1}"#])
+                        .await
+                        .expect("insert");
                     tx.commit().await.expect("commit");
                     count.fetch_add(1, Ordering::Relaxed);
                 }
@@ -464,41 +525,37 @@ async fn long(
 }
 
 /// Dispatch for 60 s with the backlog kept topped up by a batch producer
-/// (on a connection of its own): the sustained rate, window by window.
+/// (on a connection of its own): the sustained rate, window by window. The
+/// producer tells the backlog from its own count and the pool's processed
+/// counter (a `count(*)` over the queue every 20 ms cost the server about
+/// a third of a core, more as dead rows piled up).
 async fn sustained(url: &str, client: &PgClient, events: &Events) -> Results {
     const LENGTH: Duration = Duration::from_secs(60);
+    const INITIAL: u64 = 50_000;
     let schema = events.config().schema_name().to_string();
-    fill(events, client, 50_000).await;
-    let handled = Arc::new(AtomicU64::new(0));
+    fill(events, client, INITIAL as usize).await;
     let router = Router::new().on("bench", |_event| async { Ok(()) });
     let claims = ClaimTimes::default();
     let config = WorkerConfig::new()
         .concurrency(32)
         .max_batch(100)
         .hooks(claims.clone());
-    let workers = EventWorkers::start(client.clone(), events.clone(), router, config)
-        .await
-        .expect("workers");
+    let workers = Arc::new(
+        EventWorkers::start(client.clone(), events.clone(), router, config)
+            .await
+            .expect("workers"),
+    );
     let producer_client = PgClient::connect(url).await.expect("producer client");
     let producer_events = events.clone();
-    let published = handled.clone();
+    let pool = workers.clone();
     let producer = tokio::spawn(async move {
         let started = Instant::now();
+        let mut published = INITIAL;
         while started.elapsed() < LENGTH {
-            let depth: i64 = producer_client
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM (SELECT 1 FROM \"{}\".events LIMIT 40000) d",
-                        producer_events.config().schema_name()
-                    ),
-                    &[],
-                )
-                .await
-                .expect("depth")
-                .get(0);
+            let depth = published.saturating_sub(pool.stats().processed);
             if depth < 40_000 {
                 fill(&producer_events, &producer_client, 10_000).await;
-                published.fetch_add(10_000, Ordering::Relaxed);
+                published += 10_000;
             } else {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -509,6 +566,7 @@ async fn sustained(url: &str, client: &PgClient, events: &Events) -> Results {
     let elapsed = started.elapsed();
     producer.await.expect("producer");
     let processed = workers.stats().processed;
+    let workers = Arc::into_inner(workers).expect("the producer is done with the pool");
     workers.shutdown().await.expect("shutdown");
     let mut results = rate(processed, elapsed);
     window_results(&mut results, &windows);

@@ -3,7 +3,8 @@
 //! `cargo run --release --manifest-path crates/pgorm-bench/Cargo.toml -- [--rounds N] [WORKLOAD…]`
 //! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `changes`, `relay`,
 //! and the long `events-soak` and `events-snapshot`, `--duration SECS`; `relay` is not in the default set:
-//! it needs `nats-server`, see `relay.rs`)
+//! it needs `nats-server`, see `relay.rs`; `events-enqueue` runs only the enqueue rows of `events`
+//! beside their durable-commit floor)
 //!
 //! `… -- callgrind [--small N] [--large N]` (or `scripts/callgrind`) prints
 //! instructions per notification of each throughput peer under
@@ -98,6 +99,7 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
         "events" => events::RUNS.to_vec(),
         "changes" => changes::RUNS.to_vec(),
         "events-soak" => events::SOAK_RUNS.to_vec(),
+        "events-enqueue" => events::ENQUEUE_RUNS.to_vec(),
         "events-snapshot" => events::SNAPSHOT_RUNS.to_vec(),
         "relay" => relay::RUNS.to_vec(),
         other => panic!("unknown workload {other}"),
@@ -315,6 +317,7 @@ fn metrics_of(workload: &str) -> Vec<(&'static str, &'static str, bool)> {
         "events" => events::METRICS.to_vec(),
         "changes" => changes::METRICS.to_vec(),
         "events-soak" | "events-snapshot" => events::LONG_METRICS.to_vec(),
+        "events-enqueue" => events::METRICS[..1].to_vec(),
         "relay" => relay::METRICS.to_vec(),
         _ => Vec::new(),
     }
@@ -324,9 +327,14 @@ fn print_table(workload: &str, runs: &[&str], results: &BTreeMap<&str, Vec<Resul
     let metrics = metrics_of(workload);
     println!("## {workload}\n");
     let mut header = vec!["peer".to_string()];
+    let base = if workload.starts_with("events") {
+        "× floor"
+    } else {
+        "× raw"
+    };
     for (_, label, _) in &metrics {
         header.push(label.to_string());
-        header.push("× raw".to_string());
+        header.push(base.to_string());
     }
     println!("| {} |", header.join(" | "));
     println!("|{}", "---|".repeat(header.len()));
@@ -334,7 +342,15 @@ fn print_table(workload: &str, runs: &[&str], results: &BTreeMap<&str, Vec<Resul
         let Some(rounds) = results.get(run) else {
             continue;
         };
-        let raw = results.get(if run.ends_with(" TLS") { RAW_TLS } else { RAW });
+        // The events enqueue rows are compared with the durable-commit
+        // floor of the same round.
+        let raw = if workload.starts_with("events") {
+            results
+                .get(events::FLOOR)
+                .filter(|_| run.starts_with("enqueue tx"))
+        } else {
+            results.get(if run.ends_with(" TLS") { RAW_TLS } else { RAW })
+        };
         let mut row = vec![run.to_string()];
         for (key, _, _) in &metrics {
             let values: Vec<f64> = rounds

@@ -148,7 +148,10 @@ impl WorkerConfig {
     }
 
     /// How many handlers run at once (default 8). A claim takes at most
-    /// as many events as there are free slots.
+    /// as many events as there are free slots. A slot frees when its
+    /// handler returns, while the completion is still being written (with
+    /// the pool's next claim while it is busy), so a pool holds at most
+    /// twice this many events at a time.
     #[must_use]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;

@@ -239,6 +239,25 @@ impl Events {
             max_attempts.push(event.max_attempts);
             keys.push(event.idempotency_key.as_deref());
         }
+        if keys.iter().all(Option::is_none) {
+            let rows = client
+                .query(
+                    &self.sql.publish_batch_keyless,
+                    &[
+                        &types,
+                        &payloads,
+                        &priorities,
+                        &run_ats,
+                        &delays,
+                        &max_attempts,
+                    ],
+                )
+                .await?;
+            return Ok(BatchPublished {
+                inserted: rows.iter().map(|row| row.get::<_, i64>(0)).collect(),
+                duplicate_keys: Vec::new(),
+            });
+        }
         let rows = client
             .query(
                 &self.sql.publish_batch,
@@ -319,6 +338,60 @@ impl Events {
             )
             .await?;
         self.decode_claimed(client, rows).await
+    }
+
+    /// Completes `leases` and claims up to `limit` events in one statement
+    /// (one transaction): from `cursor` as [`claim_from`](Self::claim_from),
+    /// otherwise as [`claim`](Self::claim). Returns the claimed events and
+    /// the leases whose completion was accepted.
+    pub(crate) async fn claim_completing<C: GenericClient + ?Sized>(
+        &self,
+        client: &C,
+        leases: &[(i64, i64)],
+        limit: usize,
+        lease: Duration,
+        cursor: Option<ClaimCursor>,
+    ) -> EventsResult<(Vec<ClaimedEvent>, Vec<(i64, i64)>)> {
+        let ids: Vec<i64> = leases.iter().map(|(id, _)| *id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|(_, token)| *token).collect();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let seconds = lease.as_secs_f64();
+        let statements = if self.config.completed_retention().is_some() {
+            &self.sql.claim_completing_keep
+        } else {
+            &self.sql.claim_completing
+        };
+        let rows = match cursor {
+            None => {
+                client
+                    .query(&statements[0], &[&ids, &tokens, &limit, &seconds])
+                    .await?
+            }
+            Some(cursor) => {
+                client
+                    .query(
+                        &statements[1],
+                        &[
+                            &ids,
+                            &tokens,
+                            &limit,
+                            &seconds,
+                            &cursor.priority,
+                            &cursor.run_at,
+                            &cursor.id,
+                        ],
+                    )
+                    .await?
+            }
+        };
+        let (completed, claimed): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|row| row.get::<_, Option<&str>>(1).is_none());
+        let accepted = completed
+            .iter()
+            .map(|row| (row.get(0), row.get(9)))
+            .collect();
+        Ok((self.decode_claimed(client, claimed).await?, accepted))
     }
 
     async fn decode_claimed<C: GenericClient + ?Sized>(

@@ -55,7 +55,8 @@ pub struct Claim {
     pub requested: usize,
     /// How many it got.
     pub claimed: usize,
-    /// The statement's round trip.
+    /// The statement's round trip (in a busy pool it also writes the
+    /// completions that were waiting, in the same transaction).
     pub duration: Duration,
 }
 

@@ -175,8 +175,13 @@ pub(crate) struct Statements {
     pub publish: String,
     pub existing_key: String,
     pub publish_batch: String,
+    pub publish_batch_keyless: String,
     pub claim: String,
     pub claim_from: String,
+    /// `[sweep, from cursor]` claims that also complete leases, deleting.
+    pub claim_completing: [String; 2],
+    /// The same, keeping completed events.
+    pub claim_completing_keep: [String; 2],
     pub next_due: String,
     pub next_due_from: String,
     pub complete_delete: String,
@@ -242,6 +247,19 @@ impl Statements {
                  ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
                  RETURNING id, idempotency_key"
             ),
+            // A batch without idempotency keys cannot conflict: a plain
+            // insert, without the speculative insertion (and its extra WAL
+            // record per row) that ON CONFLICT costs.
+            publish_batch_keyless: format!(
+                "INSERT INTO {s}.events \
+                 (event_type, payload, priority, run_at, max_attempts, relay) \
+                 SELECT u.t, u.p::jsonb, u.pr, \
+                 COALESCE(u.ra, clock_timestamp() + make_interval(secs => COALESCE(u.d, 0))), \
+                 u.ma, {relay_lane_t} \
+                 FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], \
+                 $5::float8[], $6::int4[]) AS u(t, p, pr, ra, d, ma) \
+                 RETURNING id"
+            ),
             // Expired leases first (rescue), then due events in priority
             // order; both through partial indexes that hold only the rows
             // they look for.
@@ -279,6 +297,10 @@ impl Statements {
                  FROM due WHERE e.id = due.id \
                  RETURNING {EVENT_COLUMNS}"
             ),
+            claim_completing: [false, true]
+                .map(|from_cursor| claim_completing(&s, &sequence, from_cursor, false)),
+            claim_completing_keep: [false, true]
+                .map(|from_cursor| claim_completing(&s, &sequence, from_cursor, true)),
             next_due_from: format!(
                 "SELECT EXTRACT(EPOCH FROM (\
                    (SELECT run_at FROM {s}.events WHERE lease_token IS NULL AND NOT relay AND run_at > greatest($1, now()) \
@@ -431,6 +453,71 @@ impl Statements {
             })
             .collect()
     }
+}
+
+/// A claim that also completes the leases in `$1` (ids) and `$2` (tokens)
+/// in the same statement and transaction: one commit, not two, per round
+/// of a busy pool. `$3` is the limit, `$4` the lease in seconds, and with
+/// `from_cursor` `$5`–`$7` the cursor (as in `claim_from`; otherwise the
+/// sweep of `claim`, expired leases first). Rows with a null event type
+/// are the accepted completions (id and token); the others are claimed
+/// events, as `claim` returns them. A lease being completed is never also
+/// rescued by the same statement (a row changed twice in one statement
+/// keeps only one of the changes).
+fn claim_completing(s: &str, sequence: &str, from_cursor: bool, keep: bool) -> String {
+    let done = if keep {
+        format!(
+            "done AS (\
+               DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
+               WHERE e.id = l.id AND e.lease_token = l.token \
+               RETURNING e.id, e.event_type, e.payload, e.attempts, e.created_at, l.token), \
+             kept AS (\
+               INSERT INTO {s}.completed_events (id, event_type, payload, attempts, created_at) \
+               SELECT id, event_type, payload, attempts, created_at FROM done \
+               ON CONFLICT (id) DO NOTHING)"
+        )
+    } else {
+        format!(
+            "done AS (\
+               DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
+               WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id, l.token)"
+        )
+    };
+    let picked = if from_cursor {
+        format!(
+            "picked AS (\
+               SELECT id FROM {s}.events \
+               WHERE lease_token IS NULL AND NOT relay AND run_at <= now() \
+               AND (priority, run_at, id) > ($5::int2, $6::timestamptz, $7::int8) \
+               ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        )
+    } else {
+        format!(
+            "expired AS (\
+               SELECT id FROM {s}.events \
+               WHERE lease_token IS NOT NULL AND lease_expires_at < now() \
+               AND NOT id = ANY($1::int8[]) \
+               ORDER BY lease_expires_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             due AS (\
+               SELECT id FROM {s}.events \
+               WHERE lease_token IS NULL AND NOT relay AND run_at <= now() \
+               ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             picked AS (\
+               SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT $3)"
+        )
+    };
+    format!(
+        "WITH {done}, {picked}, \
+         claimed AS (\
+           UPDATE {s}.events e SET \
+             lease_token = nextval({sequence}), \
+             lease_expires_at = clock_timestamp() + make_interval(secs => $4::float8), \
+             attempts = e.attempts + 1 \
+           FROM picked WHERE e.id = picked.id \
+           RETURNING {EVENT_COLUMNS}) \
+         SELECT * FROM claimed \
+         UNION ALL SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, token FROM done"
+    )
 }
 
 /// The transaction-local setting (as a literal) that marks a transaction

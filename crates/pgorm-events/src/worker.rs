@@ -7,7 +7,10 @@
 //!
 //! 1. The coordinator task claims up to `free slots` events in one
 //!    statement (`FOR UPDATE SKIP LOCKED`, expired leases included: that is
-//!    the rescue of events whose worker died).
+//!    the rescue of events whose worker died). A slot is free once its
+//!    handler returns; while the pool is busy, the completions waiting
+//!    are written by the next claim statement (one commit per round), else
+//!    by a completer task. At most twice `concurrency` events are held.
 //! 2. Each runs in its own task: the handler runs in a further task, so a
 //!    panic or a timeout is contained and becomes a failed attempt.
 //! 3. The outcome (done, retry with backoff, dead) is written fenced by the
@@ -77,6 +80,9 @@ pub struct EventWorkers {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     coordinator: Option<JoinHandle<()>>,
+    /// Told by the coordinator once it has seen the stop and will claim no
+    /// more (it goes on writing completions until the pool is done).
+    claiming_stopped: Option<oneshot::Receiver<()>>,
     background: Vec<JoinHandle<()>>,
     /// Kept so the wake-up subscription lives as long as the pool.
     hub: PgNotifyHub,
@@ -119,14 +125,18 @@ struct Shared {
     /// more shortly after, for events of transactions that committed
     /// alongside the notifier and skipped their own NOTIFY (debounce).
     notified: AtomicBool,
+    /// Handler slots: one per running handler, freed when it returns.
     slots: Arc<Semaphore>,
+    /// Held events (claimed, outcome not yet written): twice the slots, so
+    /// the next claim can run while the last batch's outcomes are written.
+    unsettled: Arc<Semaphore>,
     in_flight: Mutex<HashMap<i64, InFlight>>,
     counters: Counters,
     completions: mpsc::Sender<Completion>,
 }
 
-/// A completion for the completer task, which writes all that are waiting
-/// in one statement. The reply: `Some(true)` accepted, `Some(false)` lease
+/// A completion for the coordinator, which writes all that are waiting in
+/// one statement (with its next claim, when a slot is free). The reply: `Some(true)` accepted, `Some(false)` lease
 /// lost, `None` the statement failed (the sender then writes it alone).
 struct Completion {
     lease: (i64, i64),
@@ -193,13 +203,14 @@ impl EventWorkers {
         config.validate()?;
         router.validate()?;
         let subscription = hub.subscribe(&events.config().wakeup_channel()).await?;
-        let (completions, completion_queue) = mpsc::channel(config.concurrency);
+        let (completions, completion_queue) = mpsc::channel(config.concurrency.saturating_mul(2));
         let shared = Arc::new(Shared {
             completions,
             client,
             events,
             router,
             slots: Arc::new(Semaphore::new(config.concurrency)),
+            unsettled: Arc::new(Semaphore::new(config.concurrency.saturating_mul(2))),
             config,
             wake: Notify::new(),
             notified: AtomicBool::new(false),
@@ -207,16 +218,25 @@ impl EventWorkers {
             counters: Counters::default(),
         });
         let (stop, stopped) = watch::channel(false);
-        let coordinator = tokio::spawn(coordinate(shared.clone(), stopped));
+        let (claiming_stopped_tx, claiming_stopped) = oneshot::channel();
+        let (completer, completer_queue) = mpsc::channel(4);
+        let coordinator = tokio::spawn(coordinate(
+            shared.clone(),
+            stopped,
+            completion_queue,
+            completer,
+            claiming_stopped_tx,
+        ));
         let background = vec![
+            tokio::spawn(complete_forwarded(shared.clone(), completer_queue)),
             tokio::spawn(listen_for_wakeups(shared.clone(), subscription)),
             tokio::spawn(heartbeat(shared.clone())),
-            tokio::spawn(complete_in_batches(shared.clone(), completion_queue)),
         ];
         Ok(EventWorkers {
             shared,
             stop,
             coordinator: Some(coordinator),
+            claiming_stopped: Some(claiming_stopped),
             background,
             hub,
             owns_hub: false,
@@ -255,8 +275,9 @@ impl EventWorkers {
     /// again when their leases expire).
     pub async fn shutdown(mut self) -> EventsResult<ShutdownReport> {
         let _ = self.stop.send(true);
-        if let Some(coordinator) = self.coordinator.take() {
-            let _ = coordinator.await;
+        if let Some(claiming_stopped) = self.claiming_stopped.take() {
+            // An error means the coordinator is gone: it claims no more.
+            let _ = claiming_stopped.await;
         }
         let drained = tokio::time::timeout(self.shared.config.shutdown_timeout, async {
             while !self.in_flight_is_empty() {
@@ -279,6 +300,9 @@ impl EventWorkers {
                 })
                 .collect()
         };
+        if let Some(coordinator) = self.coordinator.take() {
+            coordinator.abort();
+        }
         for task in self.background.drain(..) {
             task.abort();
         }
@@ -403,28 +427,86 @@ impl ClaimPlan {
 /// How long after a wake-up's claim the follow-up claim runs.
 const FOLLOW_UP: Duration = Duration::from_millis(5);
 
-/// Claims while there is work and free slots; otherwise waits for a
-/// wake-up, a freed slot, the poll, or the next due time.
-async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+/// Claims while there is work and free slots. While the pool is busy (its
+/// last claim was full) the completions that are waiting ride on the next
+/// claim statement; otherwise they go to the completer task, so that an
+/// idle pool's claim after a wake-up never waits for a completion's commit.
+/// With no slot free it writes them alone. Otherwise it waits for a
+/// wake-up, a freed slot, a completion, the poll, or the next due time.
+/// Once stopped it claims no more, tells `claiming_stopped`, and goes on
+/// writing completions until the pool aborts it.
+async fn coordinate(
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    mut completions: mpsc::Receiver<Completion>,
+    completer: mpsc::Sender<Vec<Completion>>,
+    claiming_stopped: oneshot::Sender<()>,
+) {
     let mut failures: u32 = 0;
     let mut plan = ClaimPlan::default();
+    let mut busy = false;
+    let mut claiming_stopped = Some(claiming_stopped);
+    let max_batch = shared.config.max_batch;
+    let mut pending: Vec<Completion> = Vec::with_capacity(max_batch);
     loop {
-        if *stopped.borrow() {
-            return;
+        let stopping = *stopped.borrow();
+        if stopping {
+            if let Some(claiming_stopped) = claiming_stopped.take() {
+                let _ = claiming_stopped.send(());
+            }
         }
-        let free = shared
-            .slots
-            .available_permits()
-            .min(shared.config.max_batch);
+        while pending.len() < max_batch {
+            match completions.try_recv() {
+                Ok(completion) => pending.push(completion),
+                Err(_) => break,
+            }
+        }
+        let free = if stopping {
+            0
+        } else {
+            shared
+                .slots
+                .available_permits()
+                .min(shared.unsettled.available_permits())
+                .min(max_batch)
+        };
         let mut next_due = None;
+        if free == 0 && !pending.is_empty() {
+            write_completions(&shared, &mut pending).await;
+            continue;
+        }
+        if !busy && !pending.is_empty() {
+            let batch = std::mem::replace(&mut pending, Vec::with_capacity(max_batch));
+            if let Err(returned) = completer.send(batch).await {
+                // The completer is gone (the pool is being dropped): the
+                // completions are answered as failed and written alone.
+                pending = returned.0;
+                answer_completions(&mut pending, None);
+            }
+        }
         if free > 0 {
             let claim_started = Instant::now();
             let cursor = plan.cursor();
             let client = Cached(&shared.client);
             let lease = shared.config.lease;
-            let result = match cursor {
-                Some(cursor) => shared.events.claim_from(&client, free, lease, cursor).await,
-                None => shared.events.claim(&client, free, lease).await,
+            let result = if pending.is_empty() {
+                match cursor {
+                    Some(cursor) => shared.events.claim_from(&client, free, lease, cursor).await,
+                    None => shared.events.claim(&client, free, lease).await,
+                }
+            } else {
+                let leases: Vec<(i64, i64)> = pending.iter().map(|c| c.lease).collect();
+                let result = shared
+                    .events
+                    .claim_completing(&client, &leases, free, lease, cursor)
+                    .await;
+                match result {
+                    Ok((claimed, accepted)) => {
+                        answer_completions(&mut pending, Some(&accepted));
+                        Ok(claimed)
+                    }
+                    Err(error) => Err(error),
+                }
             };
             match result {
                 Ok(claimed) => {
@@ -433,6 +515,7 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     plan.record(cursor.is_none(), took, &claimed);
                     observe_claim(&shared, free, claimed.len(), took);
                     let full = claimed.len() == free;
+                    busy = full;
                     for event in claimed {
                         start_event(&shared, event);
                     }
@@ -455,7 +538,11 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     }
                 }
                 Err(error) => {
+                    busy = false;
                     database_error(&shared, "claim", &error);
+                    // The completions carried are written alone by their
+                    // tasks, with retries.
+                    answer_completions(&mut pending, None);
                     failures = failures.saturating_add(1);
                     let pause = Duration::from_millis(50)
                         .saturating_mul(1 << failures.min(6))
@@ -472,11 +559,45 @@ async fn coordinate(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         // after a millisecond, never in a busy loop.
         let next_due = next_due.map(|due| due + Duration::from_millis(1));
         tokio::select! {
-            _ = stopped.changed() => {}
+            _ = stopped.changed(), if !stopping => {}
             _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(jittered(shared.config.poll_interval)) => {}
-            _ = tokio::time::sleep(next_due.unwrap_or_default()), if next_due.is_some() => {}
+            _ = completions.recv_many(&mut pending, max_batch) => {}
+            _ = tokio::time::sleep(jittered(shared.config.poll_interval)), if !stopping => {}
+            _ = tokio::time::sleep(next_due.unwrap_or_default()), if next_due.is_some() && !stopping => {}
         }
+    }
+}
+
+/// Writes the completions the coordinator hands over while the pool is not
+/// busy, one statement per batch.
+async fn complete_forwarded(shared: Arc<Shared>, mut batches: mpsc::Receiver<Vec<Completion>>) {
+    while let Some(mut batch) = batches.recv().await {
+        write_completions(&shared, &mut batch).await;
+    }
+}
+
+/// Writes the waiting completions in one statement and answers them.
+async fn write_completions(shared: &Shared, pending: &mut Vec<Completion>) {
+    let leases: Vec<(i64, i64)> = pending.iter().map(|c| c.lease).collect();
+    match shared
+        .events
+        .complete_leases(&Cached(&shared.client), &leases)
+        .await
+    {
+        Ok(accepted) => answer_completions(pending, Some(&accepted)),
+        Err(error) => {
+            database_error(shared, "complete", &error);
+            answer_completions(pending, None);
+        }
+    }
+}
+
+/// Answers every waiting completion: accepted or lease lost, or `None`
+/// when the statement failed (the sender then writes it alone).
+fn answer_completions(pending: &mut Vec<Completion>, accepted: Option<&[(i64, i64)]>) {
+    for completion in pending.drain(..) {
+        let verdict = accepted.map(|accepted| accepted.contains(&completion.lease));
+        let _ = completion.reply.send(verdict);
     }
 }
 
@@ -517,7 +638,9 @@ fn database_error(shared: &Shared, what: &'static str, error: &EventsError) {
 }
 
 fn start_event(shared: &Arc<Shared>, claimed: ClaimedEvent) {
-    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+    let slot = shared.slots.clone().try_acquire_owned();
+    let held = shared.unsettled.clone().try_acquire_owned();
+    let (Ok(slot), Ok(held)) = (slot, held) else {
         // Cannot happen: only this task takes slots, and it claimed no more
         // than were free. The lease expires and the event is taken again.
         tracing::error!(id = claimed.event.id, "no free slot for a claimed event");
@@ -530,7 +653,7 @@ fn start_event(shared: &Arc<Shared>, claimed: ClaimedEvent) {
     // Held while spawning, so the task cannot remove its entry before it
     // is inserted.
     let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-    let task = tokio::spawn(run_event(shared.clone(), claimed, permit));
+    let task = tokio::spawn(run_event(shared.clone(), claimed, slot, held));
     in_flight.insert(
         id,
         InFlight {
@@ -540,13 +663,13 @@ fn start_event(shared: &Arc<Shared>, claimed: ClaimedEvent) {
     );
 }
 
-/// Ends an event's task, however it ends: frees the slot, drops the
+/// Ends an event's task, however it ends: frees its hold, drops the
 /// in-flight entry (if it is still this lease's), wakes the coordinator.
 struct EventTaskGuard {
     shared: Arc<Shared>,
     id: i64,
     token: i64,
-    _permit: OwnedSemaphorePermit,
+    _held: OwnedSemaphorePermit,
 }
 
 impl Drop for EventTaskGuard {
@@ -581,15 +704,24 @@ enum Attempt {
     LeaseLost,
 }
 
-async fn run_event(shared: Arc<Shared>, claimed: ClaimedEvent, permit: OwnedSemaphorePermit) {
+async fn run_event(
+    shared: Arc<Shared>,
+    claimed: ClaimedEvent,
+    slot: OwnedSemaphorePermit,
+    held: OwnedSemaphorePermit,
+) {
     let _guard = EventTaskGuard {
         shared: shared.clone(),
         id: claimed.event.id,
         token: claimed.lease_token,
-        _permit: permit,
+        _held: held,
     };
     let started = Instant::now();
     let attempt = attempt(&shared, &claimed).await;
+    // The handler is done: its slot is free for the next claim while the
+    // outcome is written (the hold stays until then).
+    drop(slot);
+    shared.wake.notify_one();
     settle(&shared, &claimed, attempt, started).await;
 }
 
@@ -810,7 +942,7 @@ async fn write_outcome(
     None
 }
 
-/// Hands a completion to the completer task and waits for its verdict.
+/// Hands a completion to the coordinator and waits for its verdict.
 async fn complete_batched(shared: &Shared, claimed: &ClaimedEvent) -> Option<bool> {
     let (reply, verdict) = oneshot::channel();
     let completion = Completion {
@@ -819,34 +951,6 @@ async fn complete_batched(shared: &Shared, claimed: &ClaimedEvent) -> Option<boo
     };
     shared.completions.send(completion).await.ok()?;
     verdict.await.ok().flatten()
-}
-
-/// Writes the completions that are waiting, up to `max_batch` at a time,
-/// in one statement each.
-async fn complete_in_batches(shared: Arc<Shared>, mut queue: mpsc::Receiver<Completion>) {
-    let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, shared.config.max_batch).await > 0 {
-        let leases: Vec<(i64, i64)> = batch.iter().map(|c| c.lease).collect();
-        match shared
-            .events
-            .complete_leases(&Cached(&shared.client), &leases)
-            .await
-        {
-            Ok(accepted) => {
-                for completion in batch.drain(..) {
-                    let _ = completion
-                        .reply
-                        .send(Some(accepted.contains(&completion.lease)));
-                }
-            }
-            Err(error) => {
-                database_error(&shared, "complete", &error);
-                for completion in batch.drain(..) {
-                    let _ = completion.reply.send(None);
-                }
-            }
-        }
-    }
 }
 
 /// Turns every item of the wake-up subscription into a wake-up (a

@@ -738,3 +738,69 @@ async fn under_a_held_snapshot_urgent_and_back_dated_events_are_still_claimed_on
     assert_eq!(seen.len(), 10_002);
     assert!(seen.values().all(|&count| count == 1));
 }
+
+#[tokio::test]
+async fn a_busy_pool_keeps_every_completion_it_writes_with_its_next_claim_once() {
+    // Completions ride on the pool's next claim statement while slots are
+    // free; kept completed events show each completion landed exactly once,
+    // and the queue ends empty with no lease lost.
+    let url = TestServer::shared().create_database().await.unwrap();
+    let client = PgClient::connect(&url).await.unwrap();
+    let events =
+        Events::new(pgorm_events::EventsConfig::new().keep_completed(Duration::from_secs(3600)))
+            .unwrap();
+    events.migrate(&client).await.unwrap();
+    let in_handler = Arc::new(AtomicU32::new(0));
+    let most_at_once = Arc::new(AtomicU32::new(0));
+    let router = {
+        let (in_handler, most_at_once) = (in_handler.clone(), most_at_once.clone());
+        Router::new().on("k", move |_event| {
+            let (in_handler, most_at_once) = (in_handler.clone(), most_at_once.clone());
+            async move {
+                let now = in_handler.fetch_add(1, Ordering::SeqCst) + 1;
+                most_at_once.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                in_handler.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    };
+    let workers = EventWorkers::start(
+        client.clone(),
+        events.clone(),
+        router,
+        fast().concurrency(4).max_batch(100),
+    )
+    .await
+    .unwrap();
+    events
+        .publish_batch(
+            &client,
+            (0..2_000)
+                .map(|i| NewEvent::new("k", &json!(i)).unwrap())
+                .collect(),
+        )
+        .await
+        .unwrap();
+    until("2,000 events handled", || async {
+        workers.stats().processed == 2_000
+    })
+    .await;
+    assert_eq!(workers.stats().lease_lost, 0);
+    let report = workers.shutdown().await.unwrap();
+    assert!(report.drained);
+    assert_eq!(report.released, 0);
+    assert!(most_at_once.load(Ordering::SeqCst) <= 4);
+    assert_eq!(stats(&events, &client).await.depth, 0);
+    let (kept, distinct): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT count(*), count(DISTINCT id) FROM pgorm_events.completed_events",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((kept, distinct), (2_000, 2_000));
+}
