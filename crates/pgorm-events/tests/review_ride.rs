@@ -1,0 +1,203 @@
+//! Hostile review (r3) of completions riding on claims: each test is
+//! marked with its finding number; `holds_*` tests are probes that pass.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgorm::{GenericClient, PgClient};
+use pgorm_events::{
+    EventHooks, EventWorkers, NewEvent, Outcome, OutcomeKind, Router, WorkerConfig,
+};
+use serde_json::json;
+use support::*;
+
+type Outcomes = Arc<Mutex<HashMap<i64, Vec<OutcomeKind>>>>;
+
+/// Records every outcome the pool reports, by event id.
+struct Recorder(Outcomes);
+
+impl EventHooks for Recorder {
+    fn on_outcome(&self, outcome: &Outcome) {
+        self.0
+            .lock()
+            .unwrap()
+            .entry(outcome.event_id)
+            .or_default()
+            .push(outcome.kind.clone());
+    }
+}
+
+fn fast() -> WorkerConfig {
+    WorkerConfig::new()
+        .poll_interval(Duration::from_millis(200))
+        .backoff(Duration::from_millis(100), Duration::from_secs(2))
+        .lease(Duration::from_secs(5))
+}
+
+/// Handlers of type "gated" wait for a permit of `gate`; `entered` and
+/// `returned` count them. Type "free" returns at once.
+struct Gated {
+    gate: Arc<tokio::sync::Semaphore>,
+    entered: Arc<std::sync::atomic::AtomicU32>,
+    returned: Arc<std::sync::atomic::AtomicU32>,
+}
+
+fn gated_router() -> (Router, Gated) {
+    use std::sync::atomic::Ordering;
+    let gated = Gated {
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        entered: Arc::default(),
+        returned: Arc::default(),
+    };
+    let (gate, entered, returned) = (
+        gated.gate.clone(),
+        gated.entered.clone(),
+        gated.returned.clone(),
+    );
+    let router = Router::new()
+        .on("gated", move |_event| {
+            let (gate, entered, returned) = (gate.clone(), entered.clone(), returned.clone());
+            async move {
+                entered.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+                returned.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .on("free", |_event| async { Ok(()) });
+    (router, gated)
+}
+
+async fn count(client: &PgClient, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+// Finding 1: `claim_completing` commits the completions and the claim in
+// one statement, then decodes the claimed rows; an undecodable payload is
+// buried by a second statement, and if that one fails the whole call
+// returns `Err`. The coordinator then answers the carried completions
+// `None` ("not written"), although they were committed: each task writes
+// its completion again alone, finds no row, and reports `LeaseLost`
+// (counted in `lease_lost`, `on_outcome` says the outcome was rejected)
+// for an event whose completion was accepted and whose lease never
+// expired. Before the change completions were never in a statement whose
+// caller could fail after the commit for another reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn finding1_completions_committed_with_a_claim_are_not_reported_lost_when_the_claim_part_fails_after_commit(
+) {
+    let (url, client, events) = setup_schema("r3_f1").await;
+    // The bury of an undecodable payload fails (as any statement may: a cut
+    // connection, a statement timeout, a full disk).
+    client
+        .execute(
+            "CREATE FUNCTION r3_f1.no_bury() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN RAISE EXCEPTION 'injected: the bury fails'; END$$",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "CREATE TRIGGER no_bury BEFORE INSERT ON r3_f1.dead_events \
+             FOR EACH ROW EXECUTE FUNCTION r3_f1.no_bury()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids = events
+        .publish_batch(
+            &client,
+            vec![
+                NewEvent::new("gated", &json!("a")).unwrap(),
+                NewEvent::new("gated", &json!("b")).unwrap(),
+            ],
+        )
+        .await
+        .unwrap()
+        .inserted;
+    let (a, b) = (ids[0], ids[1]);
+    let outcomes: Outcomes = Arc::default();
+    let (router, gated) = gated_router();
+    let workers = EventWorkers::start(
+        client.clone(),
+        events.clone(),
+        router,
+        fast()
+            .concurrency(2)
+            .hooks(Recorder(outcomes.clone())),
+    )
+    .await
+    .unwrap();
+    // One full claim took both: the pool is busy, no slot is free.
+    until("both handlers entered", || async {
+        gated.entered.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+
+    // Hold the queue table so that the pool's next claim waits.
+    let locker = PgClient::connect(&url).await.unwrap();
+    let tx = locker.transaction().await.unwrap();
+    tx.execute("LOCK TABLE r3_f1.events IN ACCESS EXCLUSIVE MODE", &[])
+        .await
+        .unwrap();
+    // A returns: its slot frees and the pool's claim (1 slot) waits on the
+    // lock. Then B returns; its completion waits for the pool.
+    gated.gate.add_permits(1);
+    until("a returned", || async {
+        gated.returned.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gated.gate.add_permits(1);
+    until("b returned", || async {
+        gated.returned.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    // (Orchestration only: lets B's completion reach the coordinator.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A good urgent event for the waiting claim (full: the pool stays busy)
+    // and an undecodable one for the claim after it, which carries B.
+    events
+        .publish(&tx, NewEvent::new("free", &json!("c")).unwrap())
+        .await
+        .unwrap();
+    tx.execute(
+        "INSERT INTO r3_f1.events (event_type, payload, priority) VALUES ('free', '1e400', 5)",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    until("a and b have outcomes", || async {
+        let outcomes = outcomes.lock().unwrap();
+        outcomes.contains_key(&a) && outcomes.contains_key(&b)
+    })
+    .await;
+    // Both completions were written: neither event is queued any more.
+    let left = count(
+        &client,
+        &format!("SELECT count(*) FROM r3_f1.events WHERE id IN ({a}, {b})"),
+    )
+    .await;
+    assert_eq!(left, 0, "a and b were completed");
+    let stats = workers.stats();
+    let reported: Vec<_> = {
+        let outcomes = outcomes.lock().unwrap();
+        vec![outcomes[&a].clone(), outcomes[&b].clone()]
+    };
+    workers.shutdown().await.unwrap();
+    assert!(
+        reported
+            .iter()
+            .all(|kinds| matches!(kinds.as_slice(), [OutcomeKind::Completed])),
+        "completions that were committed were reported as {reported:?} \
+         (lease_lost = {}, processed = {})",
+        stats.lease_lost,
+        stats.processed
+    );
+    assert_eq!(stats.lease_lost, 0);
+}
