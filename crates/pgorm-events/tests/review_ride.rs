@@ -201,3 +201,170 @@ async fn finding1_completions_committed_with_a_claim_are_not_reported_lost_when_
     );
     assert_eq!(stats.lease_lost, 0);
 }
+
+// Holds: a database error inside the combined statement (here the claim
+// part fails) rolls the whole statement back, completions included; the
+// carried completions are then written alone by their tasks, and each is
+// reported `Completed` once (nothing lost, nothing applied twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn holds_a_combined_statement_that_fails_rolls_back_and_its_completions_are_written_alone_once(
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (url, client, events) = setup_schema("r3_h1").await;
+    // Claiming an event of type "boom" fails the claim statement.
+    client
+        .execute(
+            "CREATE FUNCTION r3_h1.no_claim() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN IF NEW.event_type = 'boom' AND NEW.lease_token IS NOT NULL THEN \
+             RAISE EXCEPTION 'injected: the claim fails'; END IF; RETURN NEW; END$$",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "CREATE TRIGGER no_claim BEFORE UPDATE ON r3_h1.events \
+             FOR EACH ROW EXECUTE FUNCTION r3_h1.no_claim()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids = events
+        .publish_batch(
+            &client,
+            vec![
+                NewEvent::new("gated", &json!("a")).unwrap(),
+                NewEvent::new("gated", &json!("b")).unwrap(),
+            ],
+        )
+        .await
+        .unwrap()
+        .inserted;
+    let (a, b) = (ids[0], ids[1]);
+    let outcomes: Outcomes = Arc::default();
+    let (router, gated) = gated_router();
+    let workers = EventWorkers::start(
+        client.clone(),
+        events.clone(),
+        router.on("boom", |_event| async { Ok(()) }),
+        fast().concurrency(2).hooks(Recorder(outcomes.clone())),
+    )
+    .await
+    .unwrap();
+    until("both handlers entered", || async {
+        gated.entered.load(SeqCst) == 2
+    })
+    .await;
+    let locker = PgClient::connect(&url).await.unwrap();
+    let tx = locker.transaction().await.unwrap();
+    tx.execute("LOCK TABLE r3_h1.events IN ACCESS EXCLUSIVE MODE", &[])
+        .await
+        .unwrap();
+    gated.gate.add_permits(1);
+    until("a returned", || async { gated.returned.load(SeqCst) == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gated.gate.add_permits(1);
+    until("b returned", || async { gated.returned.load(SeqCst) == 2 }).await;
+    // (Orchestration only: lets B's completion reach the coordinator.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    events
+        .publish(&tx, NewEvent::new("free", &json!("c")).unwrap())
+        .await
+        .unwrap();
+    events
+        .publish(&tx, NewEvent::new("boom", &json!("d")).unwrap().priority(5))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    until("a and b have outcomes", || async {
+        let outcomes = outcomes.lock().unwrap();
+        outcomes.contains_key(&a) && outcomes.contains_key(&b)
+    })
+    .await;
+    let left = count(
+        &client,
+        &format!("SELECT count(*) FROM r3_h1.events WHERE id IN ({a}, {b})"),
+    )
+    .await;
+    let stats = workers.stats();
+    let reported: Vec<_> = {
+        let outcomes = outcomes.lock().unwrap();
+        vec![outcomes[&a].clone(), outcomes[&b].clone()]
+    };
+    workers.shutdown().await.unwrap();
+    assert_eq!(left, 0);
+    assert!(
+        reported
+            .iter()
+            .all(|kinds| matches!(kinds.as_slice(), [OutcomeKind::Completed])),
+        "{reported:?}"
+    );
+    assert_eq!(stats.lease_lost, 0);
+    assert!(stats.database_errors >= 1, "the combined claim failed");
+}
+
+// Holds: a busy pool shut down mid-burst writes every completion of a
+// handler that returned before `shutdown()` returns: no handled event is
+// left in the queue or released, each has exactly one outcome, and the
+// counters balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn holds_shutdown_of_a_busy_pool_writes_every_pending_completion_first() {
+    let (_url, client, events) = setup_schema("r3_h2").await;
+    let handled: Arc<Mutex<HashMap<i64, u32>>> = Arc::default();
+    let router = {
+        let handled = handled.clone();
+        Router::new().on("k", move |event| {
+            let handled = handled.clone();
+            async move {
+                tokio::task::yield_now().await;
+                *handled.lock().unwrap().entry(event.id).or_default() += 1;
+                Ok(())
+            }
+        })
+    };
+    let outcomes: Outcomes = Arc::default();
+    let workers = EventWorkers::start(
+        client.clone(),
+        events.clone(),
+        router,
+        fast()
+            .concurrency(4)
+            .max_batch(100)
+            .hooks(Recorder(outcomes.clone())),
+    )
+    .await
+    .unwrap();
+    events
+        .publish_batch(
+            &client,
+            (0..3_000)
+                .map(|i| NewEvent::new("k", &json!(i)).unwrap())
+                .collect(),
+        )
+        .await
+        .unwrap();
+    until("a few hundred handled", || async {
+        handled.lock().unwrap().len() >= 300
+    })
+    .await;
+    let report = within("shutdown", workers.shutdown()).await.unwrap();
+    let handled = handled.lock().unwrap().clone();
+    let outcomes = outcomes.lock().unwrap().clone();
+    assert!(report.drained);
+    assert_eq!(report.released, 0);
+    assert!(handled.values().all(|&n| n == 1));
+    // Every handled event has exactly one outcome, Completed, and is gone.
+    assert_eq!(outcomes.len(), handled.len());
+    assert!(outcomes
+        .values()
+        .all(|kinds| matches!(kinds.as_slice(), [OutcomeKind::Completed])));
+    let queued = count(&client, "SELECT count(*) FROM r3_h2.events").await;
+    assert_eq!(queued as usize, 3_000 - handled.len());
+    let leased = count(
+        &client,
+        "SELECT count(*) FROM r3_h2.events WHERE lease_token IS NOT NULL",
+    )
+    .await;
+    assert_eq!(leased, 0);
+}
