@@ -43,6 +43,8 @@ struct Gated {
     gate: Arc<tokio::sync::Semaphore>,
     entered: Arc<std::sync::atomic::AtomicU32>,
     returned: Arc<std::sync::atomic::AtomicU32>,
+    /// The ids of the gated events that returned, in order.
+    returned_ids: Arc<Mutex<Vec<i64>>>,
 }
 
 fn gated_router() -> (Router, Gated) {
@@ -51,24 +53,62 @@ fn gated_router() -> (Router, Gated) {
         gate: Arc::new(tokio::sync::Semaphore::new(0)),
         entered: Arc::default(),
         returned: Arc::default(),
+        returned_ids: Arc::default(),
     };
-    let (gate, entered, returned) = (
+    let (gate, entered, returned, returned_ids) = (
         gated.gate.clone(),
         gated.entered.clone(),
         gated.returned.clone(),
+        gated.returned_ids.clone(),
     );
     let router = Router::new()
-        .on("gated", move |_event| {
+        .on("gated", move |event| {
             let (gate, entered, returned) = (gate.clone(), entered.clone(), returned.clone());
+            let returned_ids = returned_ids.clone();
             async move {
                 entered.fetch_add(1, Ordering::SeqCst);
                 gate.acquire().await.unwrap().forget();
+                returned_ids.lock().unwrap().push(event.id);
                 returned.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
         })
         .on("free", |_event| async { Ok(()) });
     (router, gated)
+}
+
+/// An `on_claim` hook that, once armed, holds the coordinator after its
+/// next claim (the claim is timed before the hook runs) until released.
+#[derive(Clone, Default)]
+struct Hold {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    holding: Arc<std::sync::atomic::AtomicBool>,
+    released: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Hold {
+    fn release(&self) {
+        *self.released.0.lock().unwrap() = true;
+        self.released.1.notify_all();
+    }
+}
+
+impl EventHooks for Hold {
+    fn on_claim(&self, _claim: &pgorm_events::Claim) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.armed.swap(false, SeqCst) {
+            self.holding.store(true, SeqCst);
+            // The worker's other tasks move to another thread meanwhile.
+            tokio::task::block_in_place(|| {
+                let (lock, released) = &*self.released;
+                let done = lock.lock().unwrap();
+                // (A hang guard: never holds longer than HANG.)
+                let (_done, _) = released
+                    .wait_timeout_while(done, HANG, |done| !*done)
+                    .unwrap();
+            });
+        }
+    }
 }
 
 async fn count(client: &PgClient, sql: &str) -> i64 {
@@ -125,9 +165,7 @@ async fn finding1_completions_committed_with_a_claim_are_not_reported_lost_when_
         client.clone(),
         events.clone(),
         router,
-        fast()
-            .concurrency(2)
-            .hooks(Recorder(outcomes.clone())),
+        fast().concurrency(2).hooks(Recorder(outcomes.clone())),
     )
     .await
     .unwrap();
@@ -367,4 +405,131 @@ async fn holds_shutdown_of_a_busy_pool_writes_every_pending_completion_first() {
     )
     .await;
     assert_eq!(leased, 0);
+}
+
+// Finding 2: the pool decides whether its sweeps (claims from the head of
+// the due index) are slow (dead index entries under a held snapshot) by
+// timing the claim statement; over 10 ms it switches to claiming from its
+// cursor, and an event that sorts before the cursor (a more urgent
+// priority) then waits for the next sweep, up to a second, while the
+// backlog behind the cursor flows. A claim that carries completions is
+// timed too, so a completion that waits (here for a row lock another
+// session holds for a moment, as a renewal or a rescue attempt does) makes
+// a healthy index look slow and puts an urgent event behind hundreds of
+// low-priority ones. Before the change completions never slowed a claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn finding2_a_slow_completion_riding_on_a_sweep_does_not_send_urgent_events_behind_the_backlog(
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (url, client, events) = setup_schema("r3_f2").await;
+    let ids = events
+        .publish_batch(
+            &client,
+            vec![
+                NewEvent::new("gated", &json!("a")).unwrap(),
+                NewEvent::new("gated", &json!("b")).unwrap(),
+            ],
+        )
+        .await
+        .unwrap()
+        .inserted;
+    assert_eq!(ids.len(), 2);
+    events
+        .publish_batch(
+            &client,
+            (0..300)
+                .map(|i| NewEvent::new("n", &json!(i)).unwrap().priority(5))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let order: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let hold = Hold::default();
+    let (router, gated) = gated_router();
+    let router = {
+        let order_n = order.clone();
+        router
+            .on("n", move |event| {
+                let order = order_n.clone();
+                async move {
+                    order.lock().unwrap().push(event.id);
+                    Ok(())
+                }
+            })
+            .on("urgent", {
+                let order = order.clone();
+                move |event| {
+                    let order = order.clone();
+                    async move {
+                        order.lock().unwrap().push(event.id);
+                        Ok(())
+                    }
+                }
+            })
+    };
+    let workers = EventWorkers::start(
+        client.clone(),
+        events.clone(),
+        router,
+        fast().concurrency(2).hooks(hold.clone()),
+    )
+    .await
+    .unwrap();
+    // The first claim took A and B (priority 0): the pool is busy.
+    until("both handlers entered", || async {
+        gated.entered.load(SeqCst) == 2
+    })
+    .await;
+    // The next claim (A's slot) stops the coordinator in its hook, after
+    // the claim was timed, while B returns: B's completion then rides on
+    // the claim after it, a sweep.
+    hold.armed.store(true, SeqCst);
+    gated.gate.add_permits(1);
+    until("the coordinator held after the next claim", || async {
+        hold.holding.load(SeqCst)
+    })
+    .await;
+    gated.gate.add_permits(1);
+    until("b returned", || async { gated.returned.load(SeqCst) == 2 }).await;
+    // Another session holds the row of the second to return (B) for a
+    // moment; its completion cannot have been written yet (the coordinator
+    // is held).
+    let b = gated.returned_ids.lock().unwrap()[1];
+    let row_holder = PgClient::connect(&url).await.unwrap();
+    let row_tx = row_holder.transaction().await.unwrap();
+    row_tx
+        .query_one(
+            &format!("SELECT id FROM r3_f2.events WHERE id = {b} FOR UPDATE"),
+            &[],
+        )
+        .await
+        .unwrap();
+    // (Orchestration only: lets B's completion reach the coordinator.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold.release();
+    // The sweep carrying B's completion now waits for B's row.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let urgent = events
+        .publish(&client, NewEvent::new("urgent", &json!({})).unwrap())
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    let mark = order.lock().unwrap().len();
+    row_tx.rollback().await.unwrap();
+
+    until("the urgent event handled", || async {
+        order.lock().unwrap().contains(&urgent)
+    })
+    .await;
+    let behind = {
+        let order = order.lock().unwrap();
+        order.iter().position(|&id| id == urgent).unwrap() - mark
+    };
+    workers.shutdown().await.unwrap();
+    assert!(
+        behind <= 4,
+        "an urgent event published while the pool was busy waited behind {behind} \
+         low-priority events (the pool took its slow completion for a slow sweep)"
+    );
 }
