@@ -533,3 +533,31 @@ async fn finding2_a_slow_completion_riding_on_a_sweep_does_not_send_urgent_event
          low-priority events (the pool took its slow completion for a slow sweep)"
     );
 }
+
+// Finding 3 (minor): `WorkerConfig::validate` accepts any concurrency of at
+// least 1, but the pool now sizes a semaphore and a channel at twice it:
+// a concurrency above tokio's permit limit / 2 (which started before the
+// change) now panics inside `EventWorkers::start` instead of starting or
+// being refused with `EventsError::Setting`.
+#[tokio::test]
+async fn finding3_a_concurrency_the_config_accepts_does_not_panic_the_pool_start() {
+    let (_url, client, events) = setup_schema("r3_f3").await;
+    let started = tokio::spawn(async move {
+        let workers = EventWorkers::start(
+            client,
+            events,
+            Router::new().on("x", |_event| async { Ok(()) }),
+            // tokio's Semaphore::MAX_PERMITS (usize::MAX >> 3).
+            WorkerConfig::new().concurrency(usize::MAX >> 3),
+        )
+        .await;
+        if let Ok(workers) = workers {
+            workers.shutdown().await.unwrap();
+        }
+    });
+    let joined = within("start", started).await;
+    assert!(
+        !joined.as_ref().is_err_and(|e| e.is_panic()),
+        "EventWorkers::start panicked for a concurrency validate() accepts: {joined:?}"
+    );
+}
