@@ -31,6 +31,11 @@ pub struct EventsConfig {
 /// (`pgorm_events.<schema>`) stays within PostgreSQL's 63-byte limit.
 pub const MAX_SCHEMA_LEN: usize = 50;
 
+/// The largest [`WorkerConfig::concurrency`] accepted: a pool holds up to
+/// twice that many events, counted by a semaphore, whose limit this is half
+/// of.
+pub const MAX_CONCURRENCY: usize = tokio::sync::Semaphore::MAX_PERMITS / 2;
+
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
@@ -151,7 +156,7 @@ impl WorkerConfig {
     /// as many events as there are free slots. A slot frees when its
     /// handler returns, while the completion is still being written (with
     /// the pool's next claim while it is busy), so a pool holds at most
-    /// twice this many events at a time.
+    /// twice this many events at a time. At most [`MAX_CONCURRENCY`].
     #[must_use]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
@@ -229,6 +234,14 @@ impl WorkerConfig {
     pub(crate) fn validate(&self) -> EventsResult<()> {
         if self.concurrency == 0 {
             return Err(EventsError::setting("concurrency", "must be at least 1"));
+        }
+        // The pool holds up to twice this many events, counted by a
+        // semaphore.
+        if self.concurrency > MAX_CONCURRENCY {
+            return Err(EventsError::setting(
+                "concurrency",
+                format!("must be at most {MAX_CONCURRENCY}"),
+            ));
         }
         if self.max_batch == 0 {
             return Err(EventsError::setting("max_batch", "must be at least 1"));

@@ -342,8 +342,10 @@ impl Events {
 
     /// Completes `leases` and claims up to `limit` events in one statement
     /// (one transaction): from `cursor` as [`claim_from`](Self::claim_from),
-    /// otherwise as [`claim`](Self::claim). Returns the claimed events and
-    /// the leases whose completion was accepted.
+    /// otherwise as [`claim`](Self::claim). Once the statement has run,
+    /// returns the leases whose completion was accepted (committed) and
+    /// the claimed events, or the error of decoding them (an undecodable
+    /// payload whose move to dead events failed).
     pub(crate) async fn claim_completing<C: GenericClient + ?Sized>(
         &self,
         client: &C,
@@ -351,7 +353,7 @@ impl Events {
         limit: usize,
         lease: Duration,
         cursor: Option<ClaimCursor>,
-    ) -> EventsResult<(Vec<ClaimedEvent>, Vec<(i64, i64)>)> {
+    ) -> EventsResult<(Vec<(i64, i64)>, EventsResult<Vec<ClaimedEvent>>)> {
         let ids: Vec<i64> = leases.iter().map(|(id, _)| *id).collect();
         let tokens: Vec<i64> = leases.iter().map(|(_, token)| *token).collect();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -387,11 +389,13 @@ impl Events {
         let (completed, claimed): (Vec<_>, Vec<_>) = rows
             .into_iter()
             .partition(|row| row.get::<_, Option<&str>>(1).is_none());
+        // The completions are committed with the statement: they are
+        // reported accepted whatever happens to the claimed rows next.
         let accepted = completed
             .iter()
             .map(|row| (row.get(0), row.get(9)))
             .collect();
-        Ok((self.decode_claimed(client, claimed).await?, accepted))
+        Ok((accepted, self.decode_claimed(client, claimed).await))
     }
 
     async fn decode_claimed<C: GenericClient + ?Sized>(

@@ -82,7 +82,7 @@ mod worker;
 #[cfg(feature = "nats")]
 pub mod relay;
 
-pub use config::{EventsConfig, WorkerConfig, MAX_SCHEMA_LEN};
+pub use config::{EventsConfig, WorkerConfig, MAX_CONCURRENCY, MAX_SCHEMA_LEN};
 pub use error::{EventsError, EventsResult, HandlerError};
 pub use event::{ClaimedEvent, DeadEvent, Event, NewEvent, DEFAULT_MAX_ATTEMPTS};
 pub use events::{BatchPublished, Events, Published};

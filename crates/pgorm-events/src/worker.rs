@@ -375,6 +375,10 @@ struct ClaimPlan {
     cursor: Option<ClaimCursor>,
     last_sweep: Option<Instant>,
     sweeps_slow: bool,
+    /// A sweep that carried completions was slow: the next claim is a sweep
+    /// without them, whose time decides (a completion waiting for a row
+    /// lock says nothing about the index).
+    slow_with_completions: bool,
 }
 
 impl ClaimPlan {
@@ -386,20 +390,32 @@ impl ClaimPlan {
         Some(SWEEP_EVERY.saturating_sub(since))
     }
 
+    /// Whether the next claim is a sweep that must carry no completions.
+    fn must_time_sweep(&self) -> bool {
+        self.slow_with_completions
+    }
+
     /// The cursor the next claim starts at, or `None` for a sweep.
     fn cursor(&self) -> Option<ClaimCursor> {
         let recent = self.last_sweep.is_some_and(|at| at.elapsed() < SWEEP_EVERY);
-        if self.sweeps_slow && recent {
+        if self.sweeps_slow && recent && !self.slow_with_completions {
             self.cursor
         } else {
             None
         }
     }
 
-    fn record(&mut self, swept: bool, took: Duration, claimed: &[ClaimedEvent]) {
+    /// Records a claim: a sweep (`swept`) that took `took`, carrying
+    /// completions (`carried`) or not.
+    fn record(&mut self, swept: bool, carried: bool, took: Duration, claimed: &[ClaimedEvent]) {
         if swept {
             self.last_sweep = Some(Instant::now());
-            self.sweeps_slow = took > SLOW_SWEEP;
+            let slow = took > SLOW_SWEEP;
+            // Only a sweep without completions may say that sweeps are slow.
+            self.slow_with_completions = slow && carried;
+            if !self.slow_with_completions {
+                self.sweeps_slow = slow;
+            }
             // A sweep starts at the head: whatever it claimed is where the
             // backlog is now, even if that sorts before the old cursor (a
             // more urgent priority). Keeping the old cursor would leave
@@ -475,7 +491,9 @@ async fn coordinate(
             write_completions(&shared, &mut pending).await;
             continue;
         }
-        if !busy && !pending.is_empty() {
+        // A sweep that has to be timed carries no completions (their row
+        // locks could make it look slow).
+        if (!busy || plan.must_time_sweep()) && !pending.is_empty() {
             let batch = std::mem::replace(&mut pending, Vec::with_capacity(max_batch));
             if let Err(returned) = completer.send(batch).await {
                 // The completer is gone (the pool is being dropped): the
@@ -487,6 +505,7 @@ async fn coordinate(
         if free > 0 {
             let claim_started = Instant::now();
             let cursor = plan.cursor();
+            let carried = !pending.is_empty();
             let client = Cached(&shared.client);
             let lease = shared.config.lease;
             let result = if pending.is_empty() {
@@ -501,9 +520,9 @@ async fn coordinate(
                     .claim_completing(&client, &leases, free, lease, cursor)
                     .await;
                 match result {
-                    Ok((claimed, accepted)) => {
+                    Ok((accepted, claimed)) => {
                         answer_completions(&mut pending, Some(&accepted));
-                        Ok(claimed)
+                        claimed
                     }
                     Err(error) => Err(error),
                 }
@@ -512,7 +531,7 @@ async fn coordinate(
                 Ok(claimed) => {
                     failures = 0;
                     let took = claim_started.elapsed();
-                    plan.record(cursor.is_none(), took, &claimed);
+                    plan.record(cursor.is_none(), carried, took, &claimed);
                     observe_claim(&shared, free, claimed.len(), took);
                     let full = claimed.len() == free;
                     busy = full;
