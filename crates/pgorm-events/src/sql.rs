@@ -327,17 +327,7 @@ impl Statements {
                 "DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
                  WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id, l.token"
             ),
-            complete_keep_in: format!(
-                "WITH done AS (\
-                   DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
-                   WHERE e.id = l.id AND e.lease_token = l.token \
-                   RETURNING e.id, e.event_type, e.payload, e.attempts, e.created_at, l.token), \
-                 kept AS (\
-                   INSERT INTO {s}.completed_events (id, event_type, payload, attempts, created_at) \
-                   SELECT id, event_type, payload, attempts, created_at FROM done \
-                   ON CONFLICT (id) DO NOTHING) \
-                 SELECT id, token FROM done"
-            ),
+            complete_keep_in: format!("WITH {} SELECT id, token FROM done", done(&s, true)),
             retry: format!(
                 "UPDATE {s}.events SET lease_token = NULL, lease_expires_at = NULL, \
                  run_at = clock_timestamp() + make_interval(secs => $4::float8), last_error = $3 \
@@ -455,17 +445,11 @@ impl Statements {
     }
 }
 
-/// A claim that also completes the leases in `$1` (ids) and `$2` (tokens)
-/// in the same statement and transaction: one commit, not two, per round
-/// of a busy pool. `$3` is the limit, `$4` the lease in seconds, and with
-/// `from_cursor` `$5`–`$7` the cursor (as in `claim_from`; otherwise the
-/// sweep of `claim`, expired leases first). Rows with a null event type
-/// are the accepted completions (id and token); the others are claimed
-/// events, as `claim` returns them. A lease being completed is never also
-/// rescued by the same statement (a row changed twice in one statement
-/// keeps only one of the changes).
-fn claim_completing(s: &str, sequence: &str, from_cursor: bool, keep: bool) -> String {
-    let done = if keep {
+/// The CTEs that complete the leases `$1` (ids) and `$2` (tokens): `done`,
+/// the deleted events with their tokens (`id`, `token` among its columns),
+/// and with `keep` also `kept`, their copies in `completed_events`.
+fn done(s: &str, keep: bool) -> String {
+    if keep {
         format!(
             "done AS (\
                DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
@@ -482,7 +466,20 @@ fn claim_completing(s: &str, sequence: &str, from_cursor: bool, keep: bool) -> S
                DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
                WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id, l.token)"
         )
-    };
+    }
+}
+
+/// A claim that also completes the leases in `$1` (ids) and `$2` (tokens)
+/// in the same statement and transaction: one commit, not two, per round
+/// of a busy pool. `$3` is the limit, `$4` the lease in seconds, and with
+/// `from_cursor` `$5`–`$7` the cursor (as in `claim_from`; otherwise the
+/// sweep of `claim`, expired leases first). Rows with a null event type
+/// are the accepted completions (id and token); the others are claimed
+/// events, as `claim` returns them. A lease being completed is never also
+/// rescued by the same statement (a row changed twice in one statement
+/// keeps only one of the changes).
+fn claim_completing(s: &str, sequence: &str, from_cursor: bool, keep: bool) -> String {
+    let done = done(s, keep);
     let picked = if from_cursor {
         format!(
             "picked AS (\
