@@ -239,39 +239,25 @@ impl Events {
             max_attempts.push(event.max_attempts);
             keys.push(event.idempotency_key.as_deref());
         }
+        let mut params: Vec<&(dyn pgorm::ToSql + Sync)> = vec![
+            &types,
+            &payloads,
+            &priorities,
+            &run_ats,
+            &delays,
+            &max_attempts,
+        ];
         if keys.iter().all(Option::is_none) {
             let rows = client
-                .query(
-                    &self.sql.publish_batch_keyless,
-                    &[
-                        &types,
-                        &payloads,
-                        &priorities,
-                        &run_ats,
-                        &delays,
-                        &max_attempts,
-                    ],
-                )
+                .query(&self.sql.publish_batch_keyless, &params)
                 .await?;
             return Ok(BatchPublished {
                 inserted: rows.iter().map(|row| row.get::<_, i64>(0)).collect(),
                 duplicate_keys: Vec::new(),
             });
         }
-        let rows = client
-            .query(
-                &self.sql.publish_batch,
-                &[
-                    &types,
-                    &payloads,
-                    &priorities,
-                    &run_ats,
-                    &delays,
-                    &max_attempts,
-                    &keys,
-                ],
-            )
-            .await?;
+        params.push(&keys);
+        let rows = client.query(&self.sql.publish_batch, &params).await?;
         let mut inserted = Vec::with_capacity(rows.len());
         let mut inserted_keys: HashMap<String, usize> = HashMap::new();
         for row in &rows {

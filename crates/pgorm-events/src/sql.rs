@@ -264,38 +264,17 @@ impl Statements {
             // order; both through partial indexes that hold only the rows
             // they look for.
             claim: format!(
-                "WITH expired AS (\
-                   SELECT id FROM {s}.events \
-                   WHERE lease_token IS NOT NULL AND lease_expires_at < now() \
-                   ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
-                 due AS (\
-                   SELECT id FROM {s}.events \
-                   WHERE lease_token IS NULL AND NOT relay AND run_at <= now() \
-                   ORDER BY priority, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED), \
-                 picked AS (\
-                   SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT $1) \
-                 UPDATE {s}.events e SET \
-                   lease_token = nextval({sequence}), \
-                   lease_expires_at = clock_timestamp() + make_interval(secs => $2::float8), \
-                   attempts = e.attempts + 1 \
-                 FROM picked WHERE e.id = picked.id \
-                 RETURNING {EVENT_COLUMNS}"
+                "WITH {} {}",
+                picked(&s, "$1", None, None),
+                lease_picked(&s, &sequence, "$2")
             ),
             // The same claim of due events, starting in the due index just
             // behind a pool's cursor: dead index entries before it (which a
             // long-held snapshot keeps from being removed) are not walked.
             claim_from: format!(
-                "WITH due AS (\
-                   SELECT id FROM {s}.events \
-                   WHERE lease_token IS NULL AND NOT relay AND run_at <= now() \
-                   AND (priority, run_at, id) > ($3::int2, $4::timestamptz, $5::int8) \
-                   ORDER BY priority, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 UPDATE {s}.events e SET \
-                   lease_token = nextval({sequence}), \
-                   lease_expires_at = clock_timestamp() + make_interval(secs => $2::float8), \
-                   attempts = e.attempts + 1 \
-                 FROM due WHERE e.id = due.id \
-                 RETURNING {EVENT_COLUMNS}"
+                "WITH {} {}",
+                picked(&s, "$1", Some(["$3", "$4", "$5"]), None),
+                lease_picked(&s, &sequence, "$2")
             ),
             claim_completing: [false, true]
                 .map(|from_cursor| claim_completing(&s, &sequence, from_cursor, false)),
@@ -479,41 +458,62 @@ fn done(s: &str, keep: bool) -> String {
 /// rescued by the same statement (a row changed twice in one statement
 /// keeps only one of the changes).
 fn claim_completing(s: &str, sequence: &str, from_cursor: bool, keep: bool) -> String {
-    let done = done(s, keep);
-    let picked = if from_cursor {
+    let cursor = from_cursor.then_some(["$5", "$6", "$7"]);
+    format!(
+        "WITH {}, {}, claimed AS ({}) \
+         SELECT * FROM claimed \
+         UNION ALL SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, token FROM done",
+        done(s, keep),
+        picked(s, "$3", cursor, Some("$1")),
+        lease_picked(s, sequence, "$4"),
+    )
+}
+
+/// The CTEs that pick up to `limit` events to claim, ending in `picked`
+/// (`id`): with a `cursor` (priority, run_at, id parameters) the due
+/// events after it; otherwise expired leases first (the rescue), except
+/// the ids in `exclude` (an `int8[]` parameter: leases being completed),
+/// then due events in priority order. Locked rows are skipped.
+fn picked(s: &str, limit: &str, cursor: Option<[&str; 3]>, exclude: Option<&str>) -> String {
+    let due = |after: &str| {
         format!(
-            "picked AS (\
-               SELECT id FROM {s}.events \
-               WHERE lease_token IS NULL AND NOT relay AND run_at <= now() \
-               AND (priority, run_at, id) > ($5::int2, $6::timestamptz, $7::int8) \
-               ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
-        )
-    } else {
-        format!(
-            "expired AS (\
-               SELECT id FROM {s}.events \
-               WHERE lease_token IS NOT NULL AND lease_expires_at < now() \
-               AND NOT id = ANY($1::int8[]) \
-               ORDER BY lease_expires_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             due AS (\
-               SELECT id FROM {s}.events \
-               WHERE lease_token IS NULL AND NOT relay AND run_at <= now() \
-               ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             picked AS (\
-               SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT $3)"
+            "SELECT id FROM {s}.events \
+             WHERE lease_token IS NULL AND NOT relay AND run_at <= now(){after} \
+             ORDER BY priority, run_at, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
         )
     };
+    match cursor {
+        Some([priority, run_at, id]) => format!(
+            "picked AS ({})",
+            due(&format!(
+                " AND (priority, run_at, id) > ({priority}::int2, {run_at}::timestamptz, {id}::int8)"
+            ))
+        ),
+        None => format!(
+            "expired AS (\
+               SELECT id FROM {s}.events \
+               WHERE lease_token IS NOT NULL AND lease_expires_at < now(){exclude} \
+               ORDER BY lease_expires_at LIMIT {limit} FOR UPDATE SKIP LOCKED), \
+             due AS ({due}), \
+             picked AS (SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT {limit})",
+            exclude = exclude
+                .map(|ids| format!(" AND NOT id = ANY({ids}::int8[])"))
+                .unwrap_or_default(),
+            due = due(""),
+        ),
+    }
+}
+
+/// Leases the `picked` events for `lease` seconds (a `float8` parameter),
+/// counting an attempt each, and returns them.
+fn lease_picked(s: &str, sequence: &str, lease: &str) -> String {
     format!(
-        "WITH {done}, {picked}, \
-         claimed AS (\
-           UPDATE {s}.events e SET \
-             lease_token = nextval({sequence}), \
-             lease_expires_at = clock_timestamp() + make_interval(secs => $4::float8), \
-             attempts = e.attempts + 1 \
-           FROM picked WHERE e.id = picked.id \
-           RETURNING {EVENT_COLUMNS}) \
-         SELECT * FROM claimed \
-         UNION ALL SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, token FROM done"
+        "UPDATE {s}.events e SET \
+           lease_token = nextval({sequence}), \
+           lease_expires_at = clock_timestamp() + make_interval(secs => {lease}::float8), \
+           attempts = e.attempts + 1 \
+         FROM picked WHERE e.id = picked.id \
+         RETURNING {EVENT_COLUMNS}"
     )
 }
 
