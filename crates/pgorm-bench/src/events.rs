@@ -168,31 +168,7 @@ async fn set_wakeups(client: &PgClient, events: &Events, on: bool) {
 /// event per transaction.
 async fn enqueue(url: &str, client: &PgClient, events: &Events, wakeups: bool) -> Results {
     set_wakeups(client, events, wakeups).await;
-    let count = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        clients.push(PgClient::connect(url).await.expect("producer client"));
-    }
-    let started = Instant::now();
-    let producers: Vec<_> = clients
-        .into_iter()
-        .map(|client| {
-            let (events, count) = (events.clone(), count.clone());
-            tokio::spawn(async move {
-                while started.elapsed() < ENQUEUE_FOR {
-                    let tx = client.transaction().await.expect("begin");
-                    let event = NewEvent::new("bench", &serde_json::json!({"n": 1})).unwrap();
-                    events.publish(&tx, event).await.expect("publish");
-                    tx.commit().await.expect("commit");
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    for producer in producers {
-        producer.await.expect("producer");
-    }
-    rate(count.load(Ordering::Relaxed), started.elapsed())
+    four_producers(url, Write::Event(events.clone())).await
 }
 
 /// The durable-commit floor for the enqueue runs, on the same server and
@@ -212,6 +188,21 @@ async fn enqueue_floor(url: &str, client: &PgClient, schema: &str) -> Results {
         .await
         .expect("create the floor table");
     let insert = format!("INSERT INTO \"{schema}\".floor (payload) VALUES ($1::text::jsonb)");
+    four_producers(url, Write::Floor(insert)).await
+}
+
+/// What each transaction of [`four_producers`] writes.
+#[derive(Clone)]
+enum Write {
+    /// One event, published.
+    Event(Events),
+    /// One row, by this INSERT of a jsonb parameter.
+    Floor(String),
+}
+
+/// Four producers, each on a connection of its own, each committing one
+/// `write` per transaction for `ENQUEUE_FOR`; the commit rate.
+async fn four_producers(url: &str, write: Write) -> Results {
     let count = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -221,13 +212,20 @@ async fn enqueue_floor(url: &str, client: &PgClient, schema: &str) -> Results {
     let producers: Vec<_> = clients
         .into_iter()
         .map(|client| {
-            let (insert, count) = (insert.clone(), count.clone());
+            let (write, count) = (write.clone(), count.clone());
             tokio::spawn(async move {
                 while started.elapsed() < ENQUEUE_FOR {
                     let tx = client.transaction().await.expect("begin");
-                    tx.execute(&insert, &[&r#"{"n": 1}"#])
-                        .await
-                        .expect("insert");
+                    match &write {
+                        Write::Event(events) => {
+                            let event =
+                                NewEvent::new("bench", &serde_json::json!({"n": 1})).unwrap();
+                            events.publish(&tx, event).await.expect("publish");
+                        }
+                        Write::Floor(insert) => {
+                            tx.execute(insert, &[&r#"{"n": 1}"#]).await.expect("insert");
+                        }
+                    }
                     tx.commit().await.expect("commit");
                     count.fetch_add(1, Ordering::Relaxed);
                 }
