@@ -63,22 +63,6 @@ async fn next_change(feed: &mut Feed) -> Change<Item> {
         .expect("the feed failed")
 }
 
-/// Reads changes until `done` says the collected ones are complete.
-async fn collect_until<M: Model>(
-    feed: &mut ChangeFeed<M, PgClient>,
-    mut done: impl FnMut(&[Change<M>]) -> bool,
-) -> Vec<Change<M>> {
-    let mut seen = Vec::new();
-    within("the changes", async {
-        while !done(&seen) {
-            let batch = feed.next_batch().await.expect("ended").expect("failed");
-            seen.extend(batch);
-        }
-    })
-    .await;
-    seen
-}
-
 #[tokio::test]
 async fn installing_twice_changes_nothing_and_uninstall_leaves_no_trigger() {
     let setup = setup().await;

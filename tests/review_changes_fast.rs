@@ -34,22 +34,6 @@ async fn connect(sql: &str) -> (String, PgClient, PgNotifyHub) {
     (url, client, hub)
 }
 
-/// Reads changes until `done` says the collected ones are complete.
-async fn collect_until<M: Model>(
-    feed: &mut ChangeFeed<M, PgClient>,
-    mut done: impl FnMut(&[Change<M>]) -> bool,
-) -> Vec<Change<M>> {
-    let mut seen = Vec::new();
-    within("the changes", async {
-        while !done(&seen) {
-            let batch = feed.next_batch().await.expect("ended").expect("failed");
-            seen.extend(batch);
-        }
-    })
-    .await;
-    seen
-}
-
 /// The raw payloads received on `subscription` until `count` have come.
 async fn raw_payloads(subscription: &mut Subscription, count: usize) -> Vec<String> {
     let mut seen = Vec::new();

@@ -133,3 +133,20 @@ pub fn tls_url_and_connector() -> (String, pgorm::tls::MakeRustlsConnect) {
     );
     (url, tls)
 }
+
+/// Reads a change feed until `done` says the collected changes are
+/// complete (within the hang deadline).
+pub async fn collect_until<M: pgorm::model::Model>(
+    feed: &mut pgorm::changes::ChangeFeed<M, pgorm::PgClient>,
+    mut done: impl FnMut(&[pgorm::changes::Change<M>]) -> bool,
+) -> Vec<pgorm::changes::Change<M>> {
+    let mut seen = Vec::new();
+    within("the changes", async {
+        while !done(&seen) {
+            let batch = feed.next_batch().await.expect("ended").expect("failed");
+            seen.extend(batch);
+        }
+    })
+    .await;
+    seen
+}
