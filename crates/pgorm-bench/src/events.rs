@@ -32,8 +32,8 @@ pub const RUNS: &[&str] = &[
     "dispatch transactional, 32 slots",
     "latency idle queue",
     "latency steady 1000/s",
-    "dispatch sustained 60 s, tuned autovacuum",
-    "dispatch sustained 60 s, default autovacuum",
+    "dispatch sustained 60 s, 4 pools, tuned autovacuum",
+    "dispatch sustained 60 s, 4 pools, default autovacuum",
 ];
 
 /// The durable-commit floor of the enqueue rows (their "× raw" column is
@@ -46,6 +46,13 @@ pub const ENQUEUE_RUNS: &[&str] = &[
     "enqueue tx x4 producers, wake-ups on",
     "enqueue tx x4 producers, wake-ups off",
     FLOOR,
+];
+
+/// The runs of the `events-dispatch` workload: the sustained dispatch rows
+/// of `events`, tuned and default autovacuum.
+pub const DISPATCH_RUNS: &[&str] = &[
+    "dispatch sustained 60 s, 4 pools, tuned autovacuum",
+    "dispatch sustained 60 s, 4 pools, default autovacuum",
 ];
 
 /// The run of the `events-soak` workload.
@@ -123,8 +130,10 @@ pub async fn run(run: &str, url: &str) -> Results {
         "latency steady 1000/s" => {
             long(url, &client, &events, 1000, Duration::from_secs(10), false).await
         }
-        "dispatch sustained 60 s, tuned autovacuum" => sustained(url, &client, &events).await,
-        "dispatch sustained 60 s, default autovacuum" => {
+        "dispatch sustained 60 s, 4 pools, tuned autovacuum" => {
+            sustained(url, &client, &events).await
+        }
+        "dispatch sustained 60 s, 4 pools, default autovacuum" => {
             client
                 .execute(
                     &format!(
@@ -373,9 +382,10 @@ struct Windows {
 async fn sample(
     client: &PgClient,
     schema: &str,
-    workers: &EventWorkers,
+    pools: &[Arc<EventWorkers>],
     length: Duration,
 ) -> Windows {
+    let handled = || pools.iter().map(|pool| pool.stats().processed).sum::<u64>();
     let mut windows = Windows {
         rates: Vec::new(),
         dead_max: 0.0,
@@ -383,11 +393,11 @@ async fn sample(
         backlog_end: 0.0,
     };
     let started = Instant::now();
-    let mut last = workers.stats().processed;
+    let mut last = handled();
     let mut last_at = Instant::now();
     while started.elapsed() < length {
         tokio::time::sleep(WINDOW.min(length.saturating_sub(started.elapsed()))).await;
-        let processed = workers.stats().processed;
+        let processed = handled();
         let now = Instant::now();
         windows
             .rates
@@ -500,12 +510,14 @@ async fn long(
             sent
         }));
     }
-    let windows = sample(client, &schema, &workers, length).await;
+    let workers = Arc::new(workers);
+    let windows = sample(client, &schema, std::slice::from_ref(&workers), length).await;
     let mut sent = 0;
     for producer in producers {
         sent += producer.await.expect("producer");
     }
     let handled = workers.stats().processed;
+    let workers = Arc::into_inner(workers).expect("only the sampler held the pool");
     workers.shutdown().await.expect("shutdown");
     if let Some((_holder, tx)) = holder {
         tx.commit().await.expect("end the held snapshot");
@@ -527,30 +539,44 @@ async fn long(
 /// producer tells the backlog from its own count and the pool's processed
 /// counter (a `count(*)` over the queue every 20 ms cost the server about
 /// a third of a core, more as dead rows piled up).
+/// The sustained dispatch runs' "4 workers": four pools, as four processes
+/// would run them, each with its own connections.
+const SUSTAINED_POOLS: usize = 4;
+/// Handler slots per pool in the sustained runs: a busy pool's claim takes
+/// up to this many events and carries as many completions per commit.
+const SUSTAINED_SLOTS: usize = 64;
+
 async fn sustained(url: &str, client: &PgClient, events: &Events) -> Results {
     const LENGTH: Duration = Duration::from_secs(60);
     const INITIAL: u64 = 50_000;
     let schema = events.config().schema_name().to_string();
     fill(events, client, INITIAL as usize).await;
-    let router = Router::new().on("bench", |_event| async { Ok(()) });
     let claims = ClaimTimes::default();
-    let config = WorkerConfig::new()
-        .concurrency(32)
-        .max_batch(100)
-        .hooks(claims.clone());
-    let workers = Arc::new(
-        EventWorkers::start(client.clone(), events.clone(), router, config)
-            .await
-            .expect("workers"),
-    );
+    let mut pools = Vec::new();
+    for _ in 0..SUSTAINED_POOLS {
+        let router = Router::new().on("bench", |_event| async { Ok(()) });
+        let config = WorkerConfig::new()
+            .concurrency(SUSTAINED_SLOTS)
+            .max_batch(100)
+            .hooks(claims.clone());
+        let pool_client = PgClient::connect(url).await.expect("pool client");
+        pools.push(Arc::new(
+            EventWorkers::start(pool_client, events.clone(), router, config)
+                .await
+                .expect("workers"),
+        ));
+    }
+    let handled = {
+        let pools = pools.clone();
+        move || pools.iter().map(|pool| pool.stats().processed).sum::<u64>()
+    };
     let producer_client = PgClient::connect(url).await.expect("producer client");
     let producer_events = events.clone();
-    let pool = workers.clone();
     let producer = tokio::spawn(async move {
         let started = Instant::now();
         let mut published = INITIAL;
         while started.elapsed() < LENGTH {
-            let depth = published.saturating_sub(pool.stats().processed);
+            let depth = published.saturating_sub(handled());
             if depth < 40_000 {
                 fill(&producer_events, &producer_client, 10_000).await;
                 published += 10_000;
@@ -560,12 +586,14 @@ async fn sustained(url: &str, client: &PgClient, events: &Events) -> Results {
         }
     });
     let started = Instant::now();
-    let windows = sample(client, &schema, &workers, LENGTH).await;
+    let windows = sample(client, &schema, &pools, LENGTH).await;
     let elapsed = started.elapsed();
     producer.await.expect("producer");
-    let processed = workers.stats().processed;
-    let workers = Arc::into_inner(workers).expect("the producer is done with the pool");
-    workers.shutdown().await.expect("shutdown");
+    let processed = pools.iter().map(|pool| pool.stats().processed).sum::<u64>();
+    for pool in pools {
+        let pool = Arc::into_inner(pool).expect("the producer is done with the pool");
+        pool.shutdown().await.expect("shutdown");
+    }
     let mut results = rate(processed, elapsed);
     window_results(&mut results, &windows);
     results.insert("claim_p99_us".into(), p99(&claims.0.lock().unwrap()));

@@ -4,7 +4,7 @@
 //! (workloads: `throughput`, `latency`, `burst`, `reconnect`, `events`, `changes`, `relay`,
 //! and the long `events-soak` and `events-snapshot`, `--duration SECS`; `relay` is not in the default set:
 //! it needs `nats-server`, see `relay.rs`; `events-enqueue` runs only the enqueue rows of `events`
-//! beside their durable-commit floor)
+//! beside their durable-commit floor, `events-dispatch` only its two sustained dispatch rows)
 //!
 //! `… -- callgrind [--small N] [--large N]` (or `scripts/callgrind`) prints
 //! instructions per notification of each throughput peer under
@@ -100,6 +100,7 @@ fn runs_of(workload: &str, tls: bool) -> Vec<&'static str> {
         "changes" => changes::RUNS.to_vec(),
         "events-soak" => events::SOAK_RUNS.to_vec(),
         "events-enqueue" => events::ENQUEUE_RUNS.to_vec(),
+        "events-dispatch" => events::DISPATCH_RUNS.to_vec(),
         "events-snapshot" => events::SNAPSHOT_RUNS.to_vec(),
         "relay" => relay::RUNS.to_vec(),
         other => panic!("unknown workload {other}"),
@@ -317,6 +318,7 @@ fn metrics_of(workload: &str) -> Vec<(&'static str, &'static str, bool)> {
         "events" => events::METRICS.to_vec(),
         "changes" => changes::METRICS.to_vec(),
         "events-soak" | "events-snapshot" => events::LONG_METRICS.to_vec(),
+        "events-dispatch" => events::METRICS.to_vec(),
         "events-enqueue" => events::METRICS[..1].to_vec(),
         "relay" => relay::METRICS.to_vec(),
         _ => Vec::new(),

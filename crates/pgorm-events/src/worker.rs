@@ -356,6 +356,13 @@ impl Drop for EventWorkers {
 /// (a long-held snapshot elsewhere keeps them): claims then start at the
 /// cursor, with a sweep every [`SWEEP_EVERY`].
 const SLOW_SWEEP: Duration = Duration::from_millis(10);
+/// A sweep that claimed at least [`LARGE_SWEEP`] events is also slow when
+/// it took longer than this per event: a busy pool's sweep walks the dead
+/// entries its own claims and completions left at the head of the index.
+const SLOW_SWEEP_PER_EVENT: Duration = Duration::from_micros(40);
+/// See [`SLOW_SWEEP_PER_EVENT`]. A small sweep is judged by
+/// [`SLOW_SWEEP`] alone: its time is mostly the round trip.
+const LARGE_SWEEP: u32 = 32;
 /// How often a pool whose sweeps are slow still sweeps: for events that
 /// committed late behind the cursor, more urgent priorities, and expired
 /// leases.
@@ -368,17 +375,18 @@ const CURSOR_MARGIN: Duration = Duration::from_millis(250);
 /// Where a pool's claims start. While sweeps are fast every claim is one
 /// (the exact, simple claim). Once one is slow, claims start just behind the
 /// last event claimed (the index entries before it are of events already
-/// taken), and a sweep runs every [`SWEEP_EVERY`], which also measures again
-/// whether sweeps are still slow.
+/// taken), and a sweep runs every [`SWEEP_EVERY`].
+///
+/// Only a sweep that carries no completions is timed (a completion may wait
+/// for a row lock, which says nothing about the index): one such sweep runs
+/// every [`SWEEP_EVERY`] and decides, until the next, whether sweeps are
+/// slow. A busy pool's other claims carry the completions waiting.
 #[derive(Default)]
 struct ClaimPlan {
     cursor: Option<ClaimCursor>,
-    last_sweep: Option<Instant>,
+    /// When the last timed sweep (one without completions) ran.
+    last_timed: Option<Instant>,
     sweeps_slow: bool,
-    /// A sweep that carried completions was slow: the next claim is a sweep
-    /// without them, whose time decides (a completion waiting for a row
-    /// lock says nothing about the index).
-    slow_with_completions: bool,
 }
 
 impl ClaimPlan {
@@ -386,19 +394,19 @@ impl ClaimPlan {
     /// (so that an event behind the cursor waits at most that long).
     fn until_sweep(&self) -> Option<Duration> {
         self.cursor()?;
-        let since = self.last_sweep?.elapsed();
+        let since = self.last_timed?.elapsed();
         Some(SWEEP_EVERY.saturating_sub(since))
     }
 
-    /// Whether the next claim is a sweep that must carry no completions.
+    /// Whether the next claim is the timed sweep, which carries no
+    /// completions.
     fn must_time_sweep(&self) -> bool {
-        self.slow_with_completions
+        self.last_timed.is_none_or(|at| at.elapsed() >= SWEEP_EVERY)
     }
 
     /// The cursor the next claim starts at, or `None` for a sweep.
     fn cursor(&self) -> Option<ClaimCursor> {
-        let recent = self.last_sweep.is_some_and(|at| at.elapsed() < SWEEP_EVERY);
-        if self.sweeps_slow && recent && !self.slow_with_completions {
+        if self.sweeps_slow && !self.must_time_sweep() {
             self.cursor
         } else {
             None
@@ -409,11 +417,13 @@ impl ClaimPlan {
     /// completions (`carried`) or not.
     fn record(&mut self, swept: bool, carried: bool, took: Duration, claimed: &[ClaimedEvent]) {
         if swept {
-            self.last_sweep = Some(Instant::now());
-            let slow = took > SLOW_SWEEP;
-            // Only a sweep without completions may say that sweeps are slow.
-            self.slow_with_completions = slow && carried;
-            if !self.slow_with_completions {
+            let size = claimed.len() as u32;
+            let slow =
+                took > SLOW_SWEEP || (size >= LARGE_SWEEP && took > SLOW_SWEEP_PER_EVENT * size);
+            // A sweep that carried completions and was still fast says the
+            // index is fine; if it was slow, the completions may be why.
+            if !carried || !slow {
+                self.last_timed = Some(Instant::now());
                 self.sweeps_slow = slow;
             }
             // A sweep starts at the head: whatever it claimed is where the
