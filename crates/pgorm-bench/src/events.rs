@@ -534,11 +534,6 @@ async fn long(
     results
 }
 
-/// Dispatch for 60 s with the backlog kept topped up by a batch producer
-/// (on a connection of its own): the sustained rate, window by window. The
-/// producer tells the backlog from its own count and the pool's processed
-/// counter (a `count(*)` over the queue every 20 ms cost the server about
-/// a third of a core, more as dead rows piled up).
 /// The sustained dispatch runs' "4 workers": four pools, as four processes
 /// would run them, each with its own connections.
 const SUSTAINED_POOLS: usize = 4;
@@ -546,6 +541,12 @@ const SUSTAINED_POOLS: usize = 4;
 /// up to this many events and carries as many completions per commit.
 const SUSTAINED_SLOTS: usize = 64;
 
+/// Dispatch by [`SUSTAINED_POOLS`] pools for 60 s, with the backlog kept
+/// topped up by a batch producer (on a connection of its own): the
+/// sustained rate, window by window. The
+/// producer tells the backlog from its own count and the pools' processed
+/// counters (a `count(*)` over the queue every 20 ms cost the server about
+/// a third of a core, more as dead rows piled up).
 async fn sustained(url: &str, client: &PgClient, events: &Events) -> Results {
     const LENGTH: Duration = Duration::from_secs(60);
     const INITIAL: u64 = 50_000;

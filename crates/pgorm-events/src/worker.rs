@@ -356,17 +356,15 @@ impl Drop for EventWorkers {
 /// (a long-held snapshot elsewhere keeps them): claims then start at the
 /// cursor, with a sweep every [`SWEEP_EVERY`].
 const SLOW_SWEEP: Duration = Duration::from_millis(10);
-/// A sweep that claimed at least [`LARGE_SWEEP`] events is also slow when
-/// it took longer than this per event: a busy pool's sweep walks the dead
-/// entries its own claims and completions left at the head of the index.
-const SLOW_SWEEP_PER_EVENT: Duration = Duration::from_micros(40);
-/// See [`SLOW_SWEEP_PER_EVENT`]. A small sweep is judged by
-/// [`SLOW_SWEEP`] alone: its time is mostly the round trip.
-const LARGE_SWEEP: u32 = 32;
 /// How often a pool whose sweeps are slow still sweeps: for events that
 /// committed late behind the cursor, more urgent priorities, and expired
 /// leases.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A sweep that takes longer than a tenth of [`SWEEP_EVERY`] (a snapshot
+/// held for minutes leaves hundreds of thousands of dead entries to walk)
+/// comes again only after this many times its own duration, so that sweeps
+/// never take more than about a tenth of the coordinator's time.
+const SWEEP_SHARE: u32 = 10;
 /// How far behind the last claimed event's due time the cursor stays, so
 /// that events of transactions that commit a little late are claimed by
 /// the next claim, not the next sweep.
@@ -375,38 +373,51 @@ const CURSOR_MARGIN: Duration = Duration::from_millis(250);
 /// Where a pool's claims start. While sweeps are fast every claim is one
 /// (the exact, simple claim). Once one is slow, claims start just behind the
 /// last event claimed (the index entries before it are of events already
-/// taken), and a sweep runs every [`SWEEP_EVERY`].
-///
-/// Only a sweep that carries no completions is timed (a completion may wait
-/// for a row lock, which says nothing about the index): one such sweep runs
-/// every [`SWEEP_EVERY`] and decides, until the next, whether sweeps are
-/// slow. A busy pool's other claims carry the completions waiting.
+/// taken), and a sweep runs every [`SWEEP_EVERY`] (or [`SWEEP_SHARE`] times
+/// as long as the last one took, if that is longer), which also measures
+/// again whether sweeps are still slow.
 #[derive(Default)]
 struct ClaimPlan {
     cursor: Option<ClaimCursor>,
-    /// When the last timed sweep (one without completions) ran.
-    last_timed: Option<Instant>,
+    last_sweep: Option<Instant>,
+    /// How long the last sweep took.
+    last_took: Duration,
     sweeps_slow: bool,
+    /// A sweep that carried completions was slow: the next claim is a sweep
+    /// without them, whose time decides (a completion waiting for a row
+    /// lock says nothing about the index).
+    slow_with_completions: bool,
 }
 
 impl ClaimPlan {
     /// While claims start at the cursor, the time left to the next sweep
-    /// (so that an event behind the cursor waits at most that long).
+    /// (zero once it is due), so that an event behind the cursor waits at
+    /// most that long even if the last claim from the cursor ended after
+    /// the sweep was due.
     fn until_sweep(&self) -> Option<Duration> {
-        self.cursor()?;
-        let since = self.last_timed?.elapsed();
-        Some(SWEEP_EVERY.saturating_sub(since))
+        if !self.sweeps_slow || self.cursor.is_none() {
+            return None;
+        }
+        let since = self.last_sweep?.elapsed();
+        Some(self.sweep_interval().saturating_sub(since))
     }
 
-    /// Whether the next claim is the timed sweep, which carries no
-    /// completions.
+    /// How long after a sweep the next one runs while sweeps are slow.
+    fn sweep_interval(&self) -> Duration {
+        SWEEP_EVERY.max(self.last_took.saturating_mul(SWEEP_SHARE))
+    }
+
+    /// Whether the next claim is a sweep that must carry no completions.
     fn must_time_sweep(&self) -> bool {
-        self.last_timed.is_none_or(|at| at.elapsed() >= SWEEP_EVERY)
+        self.slow_with_completions
     }
 
     /// The cursor the next claim starts at, or `None` for a sweep.
     fn cursor(&self) -> Option<ClaimCursor> {
-        if self.sweeps_slow && !self.must_time_sweep() {
+        let recent = self
+            .last_sweep
+            .is_some_and(|at| at.elapsed() < self.sweep_interval());
+        if self.sweeps_slow && recent && !self.slow_with_completions {
             self.cursor
         } else {
             None
@@ -417,13 +428,12 @@ impl ClaimPlan {
     /// completions (`carried`) or not.
     fn record(&mut self, swept: bool, carried: bool, took: Duration, claimed: &[ClaimedEvent]) {
         if swept {
-            let size = claimed.len() as u32;
-            let slow =
-                took > SLOW_SWEEP || (size >= LARGE_SWEEP && took > SLOW_SWEEP_PER_EVENT * size);
-            // A sweep that carried completions and was still fast says the
-            // index is fine; if it was slow, the completions may be why.
-            if !carried || !slow {
-                self.last_timed = Some(Instant::now());
+            self.last_sweep = Some(Instant::now());
+            self.last_took = took;
+            let slow = took > SLOW_SWEEP;
+            // Only a sweep without completions may say that sweeps are slow.
+            self.slow_with_completions = slow && carried;
+            if !self.slow_with_completions {
                 self.sweeps_slow = slow;
             }
             // A sweep starts at the head: whatever it claimed is where the
@@ -1042,5 +1052,78 @@ async fn heartbeat(shared: Arc<Shared>) {
                 database_error(&shared, "prune", &error);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn claimed(n: usize) -> Vec<ClaimedEvent> {
+        (0..n)
+            .map(|i| ClaimedEvent {
+                event: crate::event::Event {
+                    id: i as i64,
+                    event_type: "t".into(),
+                    payload: serde_json::Value::Null,
+                    attempt: 1,
+                    max_attempts: 3,
+                    priority: 0,
+                    run_at: SystemTime::now(),
+                    created_at: SystemTime::now(),
+                    idempotency_key: None,
+                },
+                lease_token: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_claim_is_a_sweep() {
+        let plan = ClaimPlan::default();
+        assert!(plan.cursor().is_none());
+        assert!(plan.until_sweep().is_none());
+    }
+
+    #[test]
+    fn a_slow_sweep_without_completions_moves_claims_to_the_cursor() {
+        let mut plan = ClaimPlan::default();
+        plan.record(true, false, Duration::from_millis(50), &claimed(3));
+        assert!(plan.cursor().is_some());
+        assert_eq!(plan.sweep_interval(), SWEEP_EVERY);
+        assert!(plan.until_sweep().is_some_and(|left| left <= SWEEP_EVERY));
+    }
+
+    #[test]
+    fn a_slow_sweep_that_carried_completions_is_timed_again_without_them() {
+        let mut plan = ClaimPlan::default();
+        plan.record(true, true, Duration::from_millis(50), &claimed(3));
+        assert!(plan.must_time_sweep());
+        assert!(plan.cursor().is_none());
+        plan.record(true, false, Duration::from_millis(1), &claimed(3));
+        assert!(!plan.must_time_sweep());
+        assert!(plan.cursor().is_none(), "the index is fine");
+    }
+
+    #[test]
+    fn a_due_sweep_still_has_a_timer() {
+        let mut plan = ClaimPlan::default();
+        plan.record(true, false, Duration::from_millis(50), &claimed(3));
+        // The sweep came due while a claim from the cursor was running.
+        plan.last_sweep = Some(Instant::now() - Duration::from_secs(2));
+        assert!(plan.cursor().is_none(), "the next claim is the sweep");
+        assert_eq!(plan.until_sweep(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_very_slow_sweep_spaces_out_the_next() {
+        let mut plan = ClaimPlan::default();
+        plan.record(true, false, Duration::from_millis(400), &claimed(1));
+        assert_eq!(plan.sweep_interval(), Duration::from_secs(4));
+        assert!(plan.cursor().is_some());
+        assert!(plan
+            .until_sweep()
+            .is_some_and(|left| left > SWEEP_EVERY && left <= Duration::from_secs(4)));
     }
 }
