@@ -71,43 +71,6 @@ fn ordered() -> (Router, Arc<Mutex<Vec<i64>>>, Arc<tokio::sync::Semaphore>) {
     (router, order, gate)
 }
 
-/// A snapshot held open (REPEATABLE READ, first statement run) and 300,000
-/// dead entries at the head of the due index: sweeps stay slow.
-async fn held_snapshot_with_dead_entries(
-    url: &str,
-    client: &PgClient,
-    schema: &str,
-) -> (PgClient, pgorm::PgTransaction) {
-    let holder = PgClient::connect(url).await.unwrap();
-    let snapshot = holder.transaction().await.unwrap();
-    snapshot
-        .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", &[])
-        .await
-        .unwrap();
-    snapshot
-        .query_one("SELECT count(*) FROM pg_class", &[])
-        .await
-        .unwrap();
-    client
-        .execute(
-            &format!(
-                "INSERT INTO {schema}.events (event_type, payload) \
-                 SELECT 'gone', '{{}}' FROM generate_series(1, 300000)"
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            &format!("DELETE FROM {schema}.events WHERE event_type = 'gone'"),
-            &[],
-        )
-        .await
-        .unwrap();
-    (holder, snapshot)
-}
-
 // Finding (older than this review, fixed with it): in cursor mode
 // `until_sweep` is `None` once the sweep is due (`cursor()` returns `None`
 // both when sweeps are fast and when the timed sweep is due now). A claim

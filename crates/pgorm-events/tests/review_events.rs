@@ -123,34 +123,10 @@ async fn finding1_an_early_constraint_check_does_not_silence_other_publishers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding2_more_urgent_events_after_a_low_priority_claim_are_not_throttled() {
     let (url, client, events) = setup_schema("r2_cursor").await;
-    // A snapshot held open for the whole test keeps dead index entries.
-    let holder = PgClient::connect(&url).await.unwrap();
-    let snapshot = holder.transaction().await.unwrap();
-    snapshot
-        .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", &[])
-        .await
-        .unwrap();
-    snapshot
-        .query_one("SELECT count(*) FROM pg_class", &[])
-        .await
-        .unwrap();
-    // 300,000 dead entries at the head of the due index: sweeps stay slow
-    // (over 10 ms) even once their hint bits are set.
-    client
-        .execute(
-            "INSERT INTO r2_cursor.events (event_type, payload) \
-             SELECT 'gone', '{}' FROM generate_series(1, 300000)",
-            &[],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "DELETE FROM r2_cursor.events WHERE event_type = 'gone'",
-            &[],
-        )
-        .await
-        .unwrap();
+    // A snapshot held open for the whole test keeps 300,000 dead entries at
+    // the head of the due index: sweeps stay slow (over 10 ms) even once
+    // their hint bits are set.
+    let (_holder, snapshot) = held_snapshot_with_dead_entries(&url, &client, "r2_cursor").await;
 
     let (router, seen) = recording();
     let empty = Arc::new(AtomicU64::new(0));

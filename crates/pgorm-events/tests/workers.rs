@@ -668,16 +668,7 @@ async fn under_a_held_snapshot_urgent_and_back_dated_events_are_still_claimed_on
     let (url, client, events) = setup_schema("held_snapshot").await;
     // A snapshot held open for the whole test: the index entries of every
     // claimed or completed event stay behind, dead.
-    let holder = PgClient::connect(&url).await.unwrap();
-    let snapshot = holder.transaction().await.unwrap();
-    snapshot
-        .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", &[])
-        .await
-        .unwrap();
-    snapshot
-        .query_one("SELECT count(*) FROM pg_class", &[])
-        .await
-        .unwrap();
+    let (_holder, snapshot) = held_snapshot(&url).await;
 
     let seen: Arc<Mutex<std::collections::HashMap<i64, u32>>> = Arc::default();
     let counted = seen.clone();

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use pgorm::PgClient;
+use pgorm::{GenericClient, PgClient};
 use pgorm_events::{Events, EventsConfig, QueueStats};
 #[allow(unused_imports)]
 pub use pgorm_testkit::{FaultProxy, ProxyMode, TestServer};
@@ -56,4 +56,50 @@ where
 /// The queue's stats, failing the test on an error.
 pub async fn stats(events: &Events, client: &PgClient) -> QueueStats {
     events.stats(client).await.expect("stats")
+}
+
+/// A snapshot held open (REPEATABLE READ, first statement run) on a
+/// connection of its own, until the transaction ends: vacuum removes no
+/// dead row or index entry meanwhile.
+pub async fn held_snapshot(url: &str) -> (PgClient, pgorm::PgTransaction) {
+    let holder = PgClient::connect(url).await.unwrap();
+    let snapshot = holder.transaction().await.unwrap();
+    snapshot
+        .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", &[])
+        .await
+        .unwrap();
+    snapshot
+        .query_one("SELECT count(*) FROM pg_class", &[])
+        .await
+        .unwrap();
+    (holder, snapshot)
+}
+
+/// A [`held_snapshot`] and 300,000 dead entries at the head of the due
+/// index of `schema`: sweeps stay slow (over 10 ms) even once their hint
+/// bits are set.
+pub async fn held_snapshot_with_dead_entries(
+    url: &str,
+    client: &PgClient,
+    schema: &str,
+) -> (PgClient, pgorm::PgTransaction) {
+    let held = held_snapshot(url).await;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.events (event_type, payload) \
+                 SELECT 'gone', '{{}}' FROM generate_series(1, 300000)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!("DELETE FROM {schema}.events WHERE event_type = 'gone'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    held
 }
