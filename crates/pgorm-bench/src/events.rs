@@ -32,9 +32,14 @@ pub const RUNS: &[&str] = &[
     "dispatch transactional, 32 slots",
     "latency idle queue",
     "latency steady 1000/s",
-    "dispatch sustained 60 s, 4 pools, tuned autovacuum",
-    "dispatch sustained 60 s, 4 pools, default autovacuum",
+    SUSTAINED_TUNED,
+    SUSTAINED_DEFAULT,
 ];
+
+/// The sustained dispatch row with the table's tuned autovacuum settings.
+pub const SUSTAINED_TUNED: &str = "dispatch sustained 60 s, 4 pools, tuned autovacuum";
+/// The sustained dispatch row with the server's default autovacuum settings.
+pub const SUSTAINED_DEFAULT: &str = "dispatch sustained 60 s, 4 pools, default autovacuum";
 
 /// The durable-commit floor of the enqueue rows (their "× raw" column is
 /// the ratio to it, round by round).
@@ -50,10 +55,7 @@ pub const ENQUEUE_RUNS: &[&str] = &[
 
 /// The runs of the `events-dispatch` workload: the sustained dispatch rows
 /// of `events`, tuned and default autovacuum.
-pub const DISPATCH_RUNS: &[&str] = &[
-    "dispatch sustained 60 s, 4 pools, tuned autovacuum",
-    "dispatch sustained 60 s, 4 pools, default autovacuum",
-];
+pub const DISPATCH_RUNS: &[&str] = &[SUSTAINED_TUNED, SUSTAINED_DEFAULT];
 
 /// The run of the `events-soak` workload.
 pub const SOAK_RUNS: &[&str] = &["soak 1000/s"];
@@ -130,10 +132,8 @@ pub async fn run(run: &str, url: &str) -> Results {
         "latency steady 1000/s" => {
             long(url, &client, &events, 1000, Duration::from_secs(10), false).await
         }
-        "dispatch sustained 60 s, 4 pools, tuned autovacuum" => {
-            sustained(url, &client, &events).await
-        }
-        "dispatch sustained 60 s, 4 pools, default autovacuum" => {
+        SUSTAINED_TUNED => sustained(url, &client, &events).await,
+        SUSTAINED_DEFAULT => {
             client
                 .execute(
                     &format!(
@@ -379,13 +379,17 @@ struct Windows {
     backlog_end: f64,
 }
 
+/// The events `pools` have handled so far, together.
+fn handled(pools: &[Arc<EventWorkers>]) -> u64 {
+    pools.iter().map(|pool| pool.stats().processed).sum()
+}
+
 async fn sample(
     client: &PgClient,
     schema: &str,
     pools: &[Arc<EventWorkers>],
     length: Duration,
 ) -> Windows {
-    let handled = || pools.iter().map(|pool| pool.stats().processed).sum::<u64>();
     let mut windows = Windows {
         rates: Vec::new(),
         dead_max: 0.0,
@@ -393,11 +397,11 @@ async fn sample(
         backlog_end: 0.0,
     };
     let started = Instant::now();
-    let mut last = handled();
+    let mut last = handled(pools);
     let mut last_at = Instant::now();
     while started.elapsed() < length {
         tokio::time::sleep(WINDOW.min(length.saturating_sub(started.elapsed()))).await;
-        let processed = handled();
+        let processed = handled(pools);
         let now = Instant::now();
         windows
             .rates
@@ -543,10 +547,10 @@ const SUSTAINED_SLOTS: usize = 64;
 
 /// Dispatch by [`SUSTAINED_POOLS`] pools for 60 s, with the backlog kept
 /// topped up by a batch producer (on a connection of its own): the
-/// sustained rate, window by window. The
-/// producer tells the backlog from its own count and the pools' processed
-/// counters (a `count(*)` over the queue every 20 ms cost the server about
-/// a third of a core, more as dead rows piled up).
+/// sustained rate, window by window. The producer tells the backlog from
+/// its own count and the pools' processed counters (a `count(*)` over the
+/// queue every 20 ms cost the server about a third of a core, more as dead
+/// rows piled up).
 async fn sustained(url: &str, client: &PgClient, events: &Events) -> Results {
     const LENGTH: Duration = Duration::from_secs(60);
     const INITIAL: u64 = 50_000;
@@ -567,17 +571,14 @@ async fn sustained(url: &str, client: &PgClient, events: &Events) -> Results {
                 .expect("workers"),
         ));
     }
-    let handled = {
-        let pools = pools.clone();
-        move || pools.iter().map(|pool| pool.stats().processed).sum::<u64>()
-    };
     let producer_client = PgClient::connect(url).await.expect("producer client");
     let producer_events = events.clone();
+    let producer_pools = pools.clone();
     let producer = tokio::spawn(async move {
         let started = Instant::now();
         let mut published = INITIAL;
         while started.elapsed() < LENGTH {
-            let depth = published.saturating_sub(handled());
+            let depth = published.saturating_sub(handled(&producer_pools));
             if depth < 40_000 {
                 fill(&producer_events, &producer_client, 10_000).await;
                 published += 10_000;
@@ -590,7 +591,7 @@ async fn sustained(url: &str, client: &PgClient, events: &Events) -> Results {
     let windows = sample(client, &schema, &pools, LENGTH).await;
     let elapsed = started.elapsed();
     producer.await.expect("producer");
-    let processed = pools.iter().map(|pool| pool.stats().processed).sum::<u64>();
+    let processed = handled(&pools);
     for pool in pools {
         let pool = Arc::into_inner(pool).expect("the producer is done with the pool");
         pool.shutdown().await.expect("shutdown");

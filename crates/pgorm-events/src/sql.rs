@@ -302,10 +302,7 @@ impl Statements {
                  INSERT INTO {s}.completed_events (id, event_type, payload, attempts, created_at) \
                  SELECT * FROM done ON CONFLICT (id) DO NOTHING"
             ),
-            complete_delete_in: format!(
-                "DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
-                 WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id, l.token"
-            ),
+            complete_delete_in: format!("WITH {} SELECT id, token FROM done", done(&s, false)),
             complete_keep_in: format!("WITH {} SELECT id, token FROM done", done(&s, true)),
             retry: format!(
                 "UPDATE {s}.events SET lease_token = NULL, lease_expires_at = NULL, \
@@ -428,24 +425,26 @@ impl Statements {
 /// the deleted events with their tokens (`id`, `token` among its columns),
 /// and with `keep` also `kept`, their copies in `completed_events`.
 fn done(s: &str, keep: bool) -> String {
-    if keep {
-        format!(
-            "done AS (\
-               DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
-               WHERE e.id = l.id AND e.lease_token = l.token \
-               RETURNING e.id, e.event_type, e.payload, e.attempts, e.created_at, l.token), \
-             kept AS (\
-               INSERT INTO {s}.completed_events (id, event_type, payload, attempts, created_at) \
-               SELECT id, event_type, payload, attempts, created_at FROM done \
-               ON CONFLICT (id) DO NOTHING)"
-        )
+    let returned = if keep {
+        "e.id, e.event_type, e.payload, e.attempts, e.created_at, l.token"
     } else {
-        format!(
-            "done AS (\
-               DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
-               WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id, l.token)"
-        )
+        "e.id, l.token"
+    };
+    let done = format!(
+        "done AS (\
+           DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
+           WHERE e.id = l.id AND e.lease_token = l.token RETURNING {returned})"
+    );
+    if !keep {
+        return done;
     }
+    format!(
+        "{done}, \
+         kept AS (\
+           INSERT INTO {s}.completed_events (id, event_type, payload, attempts, created_at) \
+           SELECT id, event_type, payload, attempts, created_at FROM done \
+           ON CONFLICT (id) DO NOTHING)"
+    )
 }
 
 /// A claim that also completes the leases in `$1` (ids) and `$2` (tokens)

@@ -380,7 +380,7 @@ const CURSOR_MARGIN: Duration = Duration::from_millis(250);
 struct ClaimPlan {
     cursor: Option<ClaimCursor>,
     last_sweep: Option<Instant>,
-    /// How long the last sweep took.
+    /// How long the last sweep that decided took.
     last_took: Duration,
     sweeps_slow: bool,
     /// A sweep that carried completions was slow: the next claim is a sweep
@@ -429,12 +429,13 @@ impl ClaimPlan {
     fn record(&mut self, swept: bool, carried: bool, took: Duration, claimed: &[ClaimedEvent]) {
         if swept {
             self.last_sweep = Some(Instant::now());
-            self.last_took = took;
             let slow = took > SLOW_SWEEP;
-            // Only a sweep without completions may say that sweeps are slow.
+            // Only a sweep without completions may say that sweeps are slow
+            // (and how far apart they must be).
             self.slow_with_completions = slow && carried;
             if !self.slow_with_completions {
                 self.sweeps_slow = slow;
+                self.last_took = took;
             }
             // A sweep starts at the head: whatever it claimed is where the
             // backlog is now, even if that sorts before the old cursor (a

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pgorm::{GenericClient, PgClient};
 use pgorm_events::{
-    EventHooks, EventWorkers, NewEvent, Outcome, OutcomeKind, Router, WorkerConfig,
+    EventHooks, EventWorkers, Events, NewEvent, Outcome, OutcomeKind, Router, WorkerConfig,
 };
 use serde_json::json;
 use support::*;
@@ -111,6 +111,23 @@ impl EventHooks for Hold {
     }
 }
 
+/// Publishes two "gated" events, A and B, in one statement; their ids.
+async fn publish_gated_pair(events: &Events, client: &PgClient) -> (i64, i64) {
+    let ids = events
+        .publish_batch(
+            client,
+            vec![
+                NewEvent::new("gated", &json!("a")).unwrap(),
+                NewEvent::new("gated", &json!("b")).unwrap(),
+            ],
+        )
+        .await
+        .unwrap()
+        .inserted;
+    assert_eq!(ids.len(), 2);
+    (ids[0], ids[1])
+}
+
 async fn count(client: &PgClient, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -147,18 +164,7 @@ async fn finding1_completions_committed_with_a_claim_are_not_reported_lost_when_
         )
         .await
         .unwrap();
-    let ids = events
-        .publish_batch(
-            &client,
-            vec![
-                NewEvent::new("gated", &json!("a")).unwrap(),
-                NewEvent::new("gated", &json!("b")).unwrap(),
-            ],
-        )
-        .await
-        .unwrap()
-        .inserted;
-    let (a, b) = (ids[0], ids[1]);
+    let (a, b) = publish_gated_pair(&events, &client).await;
     let outcomes: Outcomes = Arc::default();
     let (router, gated) = gated_router();
     let workers = EventWorkers::start(
@@ -267,18 +273,7 @@ async fn holds_a_combined_statement_that_fails_rolls_back_and_its_completions_ar
         )
         .await
         .unwrap();
-    let ids = events
-        .publish_batch(
-            &client,
-            vec![
-                NewEvent::new("gated", &json!("a")).unwrap(),
-                NewEvent::new("gated", &json!("b")).unwrap(),
-            ],
-        )
-        .await
-        .unwrap()
-        .inserted;
-    let (a, b) = (ids[0], ids[1]);
+    let (a, b) = publish_gated_pair(&events, &client).await;
     let outcomes: Outcomes = Arc::default();
     let (router, gated) = gated_router();
     let workers = EventWorkers::start(
@@ -422,18 +417,7 @@ async fn finding2_a_slow_completion_riding_on_a_sweep_does_not_send_urgent_event
 ) {
     use std::sync::atomic::Ordering::SeqCst;
     let (url, client, events) = setup_schema("r3_f2").await;
-    let ids = events
-        .publish_batch(
-            &client,
-            vec![
-                NewEvent::new("gated", &json!("a")).unwrap(),
-                NewEvent::new("gated", &json!("b")).unwrap(),
-            ],
-        )
-        .await
-        .unwrap()
-        .inserted;
-    assert_eq!(ids.len(), 2);
+    publish_gated_pair(&events, &client).await;
     events
         .publish_batch(
             &client,
