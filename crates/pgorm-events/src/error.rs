@@ -56,6 +56,18 @@ pub enum EventsError {
         id: i64,
     },
 
+    /// An operation did not finish in time, for instance the release of a
+    /// stopping pool's unfinished events over a connection that was cut
+    /// off without an error. What it left undone is undone: events it did
+    /// not release are taken again when their leases expire.
+    #[error("{operation} did not finish within {after:?}")]
+    TimedOut {
+        /// What did not finish.
+        operation: &'static str,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
+
     /// The database holds a newer schema version than this release knows.
     #[error("schema version {found} is newer than the newest this release knows ({known})")]
     SchemaTooNew {

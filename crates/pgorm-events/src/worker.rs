@@ -270,22 +270,35 @@ impl EventWorkers {
     /// and released at once (its attempt not counted) so another pool can
     /// take it.
     ///
+    /// The shutdown timeout bounds each wait: for the claim in progress to
+    /// end and the handlers to finish (together), then for the release. A
+    /// claim that does not end in time (its connection cut off without an
+    /// error, say) is abandoned: what it claimed is taken again when its
+    /// leases expire.
+    ///
     /// # Errors
-    /// The release statement's error (the unreleased events are then taken
-    /// again when their leases expire).
+    /// The release statement's error, or [`EventsError::TimedOut`] when it
+    /// did not finish within the shutdown timeout (the unreleased events
+    /// are then taken again when their leases expire).
     pub async fn shutdown(mut self) -> EventsResult<ShutdownReport> {
         let _ = self.stop.send(true);
-        if let Some(claiming_stopped) = self.claiming_stopped.take() {
+        let timeout = self.shared.config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let claiming_stopped = match self.claiming_stopped.take() {
             // An error means the coordinator is gone: it claims no more.
-            let _ = claiming_stopped.await;
-        }
-        let drained = tokio::time::timeout(self.shared.config.shutdown_timeout, async {
-            while !self.in_flight_is_empty() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .is_ok();
+            Some(claiming_stopped) => tokio::time::timeout_at(deadline, claiming_stopped)
+                .await
+                .is_ok(),
+            None => true,
+        };
+        let drained = claiming_stopped
+            && tokio::time::timeout_at(deadline, async {
+                while !self.in_flight_is_empty() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .is_ok();
         let leftovers: Vec<(i64, i64)> = {
             let mut in_flight = self
                 .shared
@@ -306,11 +319,15 @@ impl EventWorkers {
         for task in self.background.drain(..) {
             task.abort();
         }
-        let released = self
-            .shared
-            .events
-            .release(&Cached(&self.shared.client), &leftovers)
-            .await?;
+        let client = Cached(&self.shared.client);
+        let release = self.shared.events.release(&client, &leftovers);
+        let released =
+            tokio::time::timeout(timeout, release)
+                .await
+                .map_err(|_| EventsError::TimedOut {
+                    operation: "releasing the unfinished events",
+                    after: timeout,
+                })??;
         self.shared
             .counters
             .released
