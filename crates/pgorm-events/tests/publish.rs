@@ -15,10 +15,11 @@ async fn migrate_is_idempotent_versioned_and_safe_when_concurrent() {
     let client = PgClient::connect(&url).await.unwrap();
     let events = Events::new(EventsConfig::new().schema("Odd \"Schema\"")).unwrap();
     let (a, b) = tokio::join!(events.migrate(&client), events.migrate(&client));
-    // Version 2 debounces wake-ups (a deferred trigger), 3 adds the relay lane.
-    assert_eq!(a.unwrap(), 3);
-    assert_eq!(b.unwrap(), 3);
-    assert_eq!(events.migrate(&client).await.unwrap(), 3);
+    // Version 2 debounces wake-ups (a deferred trigger), 3 adds the relay lane,
+    // 4 keeps claims from a cursor off the run-time index.
+    assert_eq!(a.unwrap(), 4);
+    assert_eq!(b.unwrap(), 4);
+    assert_eq!(events.migrate(&client).await.unwrap(), 4);
     let versions: i64 = client
         .query_one(
             "SELECT count(*) FROM \"Odd \"\"Schema\"\"\".schema_version",
@@ -27,7 +28,7 @@ async fn migrate_is_idempotent_versioned_and_safe_when_concurrent() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 3);
+    assert_eq!(versions, 4);
     // Autovacuum settings for a high-churn table are part of the schema.
     let options: Vec<String> = client
         .query_one(
@@ -63,7 +64,7 @@ async fn migrate_runs_in_the_callers_transaction() {
             == 1
     };
     let tx = client.transaction().await.unwrap();
-    assert_eq!(events.migrate(&tx).await.unwrap(), 3);
+    assert_eq!(events.migrate(&tx).await.unwrap(), 4);
     tx.rollback().await.unwrap();
     assert!(!schema_exists(client.clone()).await);
 
@@ -94,7 +95,7 @@ async fn a_newer_schema_version_is_refused() {
             error,
             EventsError::SchemaTooNew {
                 found: 99,
-                known: 3
+                known: 4
             }
         ),
         "{error}"
