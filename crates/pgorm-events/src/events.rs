@@ -184,6 +184,22 @@ impl Events {
     ) -> EventsResult<Published> {
         event.validate()?;
         let delay = event.delay_secs();
+        if event.idempotency_key.is_none() {
+            let row = client
+                .query_one(
+                    &self.sql.publish_keyless,
+                    &[
+                        &event.event_type,
+                        &event.payload,
+                        &event.priority,
+                        &event.run_at,
+                        &delay,
+                        &event.max_attempts,
+                    ],
+                )
+                .await?;
+            return Ok(Published::Inserted { id: row.get(0) });
+        }
         let row = client
             .query_opt(
                 &self.sql.publish,

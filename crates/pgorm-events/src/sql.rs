@@ -192,6 +192,7 @@ pub(crate) struct Statements {
     pub create_version_table: String,
     pub current_version: String,
     pub publish: String,
+    pub publish_keyless: String,
     pub existing_key: String,
     pub publish_batch: String,
     pub publish_batch_keyless: String,
@@ -252,6 +253,16 @@ impl Statements {
                  COALESCE($4::timestamptz, clock_timestamp() + make_interval(secs => COALESCE($5::float8, 0))), \
                  $6, $7, {relay_lane_1}) \
                  ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                 RETURNING id"
+            ),
+            // An event without an idempotency key cannot conflict: a plain
+            // insert, without the speculative insertion of ON CONFLICT.
+            publish_keyless: format!(
+                "INSERT INTO {s}.events \
+                 (event_type, payload, priority, run_at, max_attempts, relay) \
+                 VALUES ($1, $2::text::jsonb, $3, \
+                 COALESCE($4::timestamptz, clock_timestamp() + make_interval(secs => COALESCE($5::float8, 0))), \
+                 $6, {relay_lane_1}) \
                  RETURNING id"
             ),
             existing_key: format!("SELECT id FROM {s}.events WHERE idempotency_key = $1"),
