@@ -209,7 +209,8 @@ impl WorkerConfig {
 
     /// How long a graceful [`shutdown`](crate::EventWorkers::shutdown) lets
     /// running handlers finish (default 30 s) before it cancels them and
-    /// releases their events; the release itself gets as long again.
+    /// releases their events (the release itself gets up to a lease). Zero
+    /// cancels running handlers at once.
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;

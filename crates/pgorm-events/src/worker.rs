@@ -104,7 +104,8 @@ impl std::fmt::Debug for EventWorkers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Whether every running handler finished within the shutdown timeout.
+    /// Whether every running handler finished within the shutdown timeout
+    /// (true when none was running, even if a claim was abandoned).
     pub drained: bool,
     /// How many unfinished events were given back for others to take.
     pub released: u64,
@@ -270,16 +271,18 @@ impl EventWorkers {
     /// and released at once (its attempt not counted) so another pool can
     /// take it.
     ///
-    /// The shutdown timeout bounds each wait: for the claim in progress to
-    /// end and the handlers to finish (together), then for the release. A
-    /// claim that does not end in time (its connection cut off without an
-    /// error, say) is abandoned: what it claimed is taken again when its
-    /// leases expire.
+    /// The shutdown timeout bounds the wait for the claim in progress to
+    /// end and the handlers to finish (together); the release gets up to a
+    /// lease. A claim that does not end in time (its connection cut off
+    /// without an error, say) is abandoned; it may still run on the server
+    /// when the connection comes back, and what it leases then (events
+    /// published meanwhile included) is taken again when those leases
+    /// expire, the attempt counted.
     ///
     /// # Errors
     /// The release statement's error, or [`EventsError::TimedOut`] when it
-    /// did not finish within the shutdown timeout (the unreleased events
-    /// are then taken again when their leases expire).
+    /// did not finish within a lease (the unreleased events are then taken
+    /// again when their leases expire).
     pub async fn shutdown(mut self) -> EventsResult<ShutdownReport> {
         let _ = self.stop.send(true);
         let timeout = self.shared.config.shutdown_timeout;
@@ -291,14 +294,30 @@ impl EventWorkers {
                 .is_ok(),
             None => true,
         };
-        let drained = claiming_stopped
-            && tokio::time::timeout_at(deadline, async {
-                while !self.in_flight_is_empty() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await
-            .is_ok();
+        if !claiming_stopped {
+            tracing::warn!(
+                schema = %self.shared.events.config().schema_name(),
+                "a claim did not end within the shutdown timeout; it is abandoned"
+            );
+        }
+        // Past the deadline (a claim that did not end) this only looks once.
+        let drained = tokio::time::timeout_at(deadline, async {
+            while !self.in_flight_is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok();
+        // The coordinator ends before the leftovers are taken: one that is
+        // running on another thread at this moment (handling a claim's
+        // rows) would otherwise start events after they were collected.
+        // It ends at its next await; only a hook that blocks holds it, and
+        // no longer than a lease matters.
+        let lease = self.shared.config.lease;
+        if let Some(coordinator) = self.coordinator.take() {
+            coordinator.abort();
+            let _ = tokio::time::timeout(lease, coordinator).await;
+        }
         let leftovers: Vec<(i64, i64)> = {
             let mut in_flight = self
                 .shared
@@ -313,20 +332,18 @@ impl EventWorkers {
                 })
                 .collect()
         };
-        if let Some(coordinator) = self.coordinator.take() {
-            coordinator.abort();
-        }
         for task in self.background.drain(..) {
             task.abort();
         }
         let client = Cached(&self.shared.client);
         let release = self.shared.events.release(&client, &leftovers);
+        // After a lease the events are taken again anyway.
         let released =
-            tokio::time::timeout(timeout, release)
+            tokio::time::timeout(lease, release)
                 .await
                 .map_err(|_| EventsError::TimedOut {
                     operation: "releasing the unfinished events",
-                    after: timeout,
+                    after: lease,
                 })??;
         self.shared
             .counters
