@@ -24,6 +24,7 @@ use crate::listen::queue::{
     first_notification, mark_gap, merge_markers_at_front, push_marker, Consumer, Counts,
     QueueCounters, Taken, TAKE_AT_ONCE,
 };
+use crate::listen::run::Run;
 
 /// Consecutive notifications of one channel, with no gap between them,
 /// shared with every other subscriber of the channel: reading a batch copies
@@ -38,15 +39,15 @@ use crate::listen::queue::{
 /// [`Subscription::next_batch`]: crate::listen::Subscription::next_batch
 #[derive(Clone)]
 pub struct NotificationBatch {
-    // A `Vec`, not a slice: the router's vector becomes the run as it is.
-    run: Arc<Vec<Arc<PgNotification>>>,
+    run: Arc<Run>,
     start: usize,
     end: usize,
 }
 
 impl NotificationBatch {
-    pub(crate) fn new(run: Vec<Arc<PgNotification>>) -> Self {
-        let end = run.len();
+    /// A batch of all of `run`.
+    pub(crate) fn new(run: Run) -> Self {
+        let end = run.notifications().len();
         NotificationBatch {
             run: Arc::new(run),
             start: 0,
@@ -75,8 +76,8 @@ impl NotificationBatch {
     /// the whole run alive, or its memory would not be bounded by its
     /// capacity. The copy is of `Arc`s, not of notifications.
     fn compacted(self) -> Self {
-        if self.len() * 4 < self.run.len() {
-            NotificationBatch::new(self.to_vec())
+        if self.len() * 4 < self.run.notifications().len() {
+            NotificationBatch::new(Run::new(self.to_vec(), None))
         } else {
             self
         }
@@ -88,7 +89,7 @@ impl std::ops::Deref for NotificationBatch {
 
     #[inline]
     fn deref(&self) -> &Self::Target {
-        &self.run[self.start..self.end]
+        &self.run.notifications()[self.start..self.end]
     }
 }
 
@@ -364,7 +365,7 @@ impl FanoutReceiver {
         // few steps as it takes: one reference count, no lock.
         if let Some(ListenerEvent::Notification(batch)) = self.taken.front_mut() {
             if batch.start < batch.end {
-                let notification = batch.run[batch.start].clone();
+                let notification = batch.run.notifications()[batch.start].clone();
                 // In place: replacing the batch would count its run twice.
                 batch.start += 1;
                 if batch.start == batch.end {
@@ -436,7 +437,7 @@ impl FanoutReceiver {
         };
         batch.start += 1;
         self.held -= 1;
-        &batch.run[batch.start - 1]
+        &batch.run.notifications()[batch.start - 1]
     }
 
     /// [`next`](Self::next) when no notification is at the front: a marker,
@@ -582,7 +583,7 @@ mod tests {
                 })
             })
             .collect();
-        NotificationBatch::new(run)
+        NotificationBatch::new(Run::new(run, None))
     }
 
     fn queue(capacity: usize, policy: QueuePolicy) -> Arc<FanoutQueue> {
@@ -849,7 +850,7 @@ mod tests {
                 .items
                 .iter()
                 .map(|item| match item {
-                    ListenerEvent::Notification(batch) => batch.run.len(),
+                    ListenerEvent::Notification(batch) => batch.run.notifications().len(),
                     _ => 0,
                 })
                 .sum();

@@ -91,6 +91,19 @@ impl RawNotification {
         );
     }
 
+    /// Writes this notification over `notification`, reusing its strings'
+    /// memory: the router's spare notifications are filled in this way.
+    #[cfg(feature = "listen")]
+    #[inline]
+    pub(crate) fn fill(&self, notification: &mut crate::listen::PgNotification) {
+        notification.process_id = self.process_id;
+        notification.received_at = self.received_at;
+        notification.channel.clear();
+        notification.channel.push_str(self.channel());
+        notification.payload.clear();
+        notification.payload.push_str(self.payload());
+    }
+
     /// The owned, public form.
     #[cfg(feature = "listen")]
     pub(crate) fn to_notification(&self) -> crate::listen::PgNotification {
