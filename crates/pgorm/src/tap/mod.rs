@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
 mod raw;
-pub(crate) use raw::RawNotification;
+pub(crate) use raw::{RawNotification, ReadText};
 
 /// Where a [`TapStream`] leaves the notifications it lifts out, until the
 /// driver takes them (after each poll of the connection).
@@ -259,17 +259,25 @@ impl<S> TapStream<S> {
         }
         // Each stretch was checked to be UTF-8, so the whole is (one check of
         // the whole read is cheaper than building it from the stretches);
-        // the lossy form is never needed.
-        let text: Arc<str> = match std::str::from_utf8(&self.text) {
-            Ok(text) => Arc::from(text),
-            Err(_) => Arc::from(&*String::from_utf8_lossy(&self.text)),
+        // the lossy form is never needed. The bytes become the shared text
+        // as they are, not copied; the next read's text starts with room for
+        // a little more than this one's.
+        let room = self.text.len() + self.text.len() / 4;
+        let bytes = std::mem::replace(&mut self.text, Vec::with_capacity(room));
+        let mut text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
         };
-        self.text.clear();
+        // The notifications keep the whole allocation alive: not much more
+        // than their text (a read after a larger one has room to spare).
+        if text.capacity() > text.len() + text.len() / 4 + 64 {
+            text.shrink_to_fit();
+        }
+        let read = ReadText::shared(received_at, text);
         let lifted = self.lifted.drain(..).map(|lifted| {
             RawNotification::new(
                 lifted.process_id,
-                received_at,
-                text.clone(),
+                read.clone(),
                 lifted.channel,
                 lifted.payload,
             )
