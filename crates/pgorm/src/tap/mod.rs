@@ -64,6 +64,18 @@ impl NotificationTap {
         lifted.drain(..count).for_each(each);
         count
     }
+
+    /// Adds a lifted notification, as a read would.
+    #[cfg(test)]
+    pub(crate) fn lift(&self, notification: RawNotification) {
+        self.lock().push_back(notification);
+    }
+
+    /// How many lifted notifications wait.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// A notification lifted by the current read: its process id, and where its
@@ -286,6 +298,19 @@ impl<S> TapStream<S> {
     }
 }
 
+/// Wakes the current task once the runtime has given the other ready ones
+/// a turn: tokio's `yield_now`, whose first poll defers the wake-up. A
+/// plain `wake_by_ref` puts the task straight back in the run queue, where
+/// a current-thread runtime runs it again up to 61 times before it polls
+/// its `block_on` future: a listener read from there would fall ever
+/// further behind its driver (and its queue grow) however fast it reads.
+/// Outside a runtime this is `wake_by_ref`.
+pub(crate) fn wake_after_other_tasks(cx: &mut Context<'_>) {
+    let mut yielded = std::pin::pin!(tokio::task::yield_now());
+    // The first poll defers the wake-up and is always pending.
+    let _ = std::future::Future::poll(yielded.as_mut(), cx);
+}
+
 /// Where the first NUL byte of `bytes` is, eight bytes at a time.
 #[inline]
 fn find_nul(bytes: &[u8]) -> Option<usize> {
@@ -414,7 +439,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for TapStream<S> {
             // what was lifted before reading on.
             if reads == 1 {
                 this.hand_over(received_at);
-                cx.waker().wake_by_ref();
+                wake_after_other_tasks(cx);
                 return Poll::Pending;
             }
             if this.start > 0 {
