@@ -110,7 +110,7 @@ impl<'a> NotificationRef<'a> {
     /// When the listener read it from the connection.
     #[inline]
     pub fn received_at(&self) -> SystemTime {
-        self.notification.received_at
+        self.notification.received_at()
     }
 
     /// An owned copy, to keep beyond the batch.

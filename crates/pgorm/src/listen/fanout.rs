@@ -24,6 +24,7 @@ use crate::listen::queue::{
     first_notification, mark_gap, merge_markers_at_front, push_marker, Consumer, Counts,
     QueueCounters, Taken, TAKE_AT_ONCE,
 };
+use crate::listen::run::Run;
 
 /// Consecutive notifications of one channel, with no gap between them,
 /// shared with every other subscriber of the channel: reading a batch copies
@@ -38,15 +39,15 @@ use crate::listen::queue::{
 /// [`Subscription::next_batch`]: crate::listen::Subscription::next_batch
 #[derive(Clone)]
 pub struct NotificationBatch {
-    // A `Vec`, not a slice: the router's vector becomes the run as it is.
-    run: Arc<Vec<Arc<PgNotification>>>,
+    run: Arc<Run>,
     start: usize,
     end: usize,
 }
 
 impl NotificationBatch {
-    pub(crate) fn new(run: Vec<Arc<PgNotification>>) -> Self {
-        let end = run.len();
+    /// A batch of all of `run`.
+    pub(crate) fn new(run: Run) -> Self {
+        let end = run.notifications().len();
         NotificationBatch {
             run: Arc::new(run),
             start: 0,
@@ -75,8 +76,8 @@ impl NotificationBatch {
     /// the whole run alive, or its memory would not be bounded by its
     /// capacity. The copy is of `Arc`s, not of notifications.
     fn compacted(self) -> Self {
-        if self.len() * 4 < self.run.len() {
-            NotificationBatch::new(self.to_vec())
+        if self.len() * 4 < self.run.notifications().len() {
+            NotificationBatch::new(Run::new(self.to_vec(), None))
         } else {
             self
         }
@@ -88,7 +89,7 @@ impl std::ops::Deref for NotificationBatch {
 
     #[inline]
     fn deref(&self) -> &Self::Target {
-        &self.run[self.start..self.end]
+        &self.run.notifications()[self.start..self.end]
     }
 }
 
@@ -327,31 +328,84 @@ impl State {
 /// a time.
 pub(crate) struct FanoutReceiver {
     queue: Arc<FanoutQueue>,
+    /// The batch being read one notification at a time: what is left of it
+    /// comes before anything in `taken`. Reading the next notification of it
+    /// is the common case, and looks at nothing else. A view read
+    /// ([`NextRef`]) leaves it here spent until the next read, as the view
+    /// borrows it.
+    current: Option<NotificationBatch>,
+    /// Taken from the queue, after `current`.
     taken: VecDeque<Item>,
-    /// Notifications in `taken`.
-    held: usize,
+}
+
+/// What [`FanoutReceiver::advance`] found next.
+enum Found<N> {
+    /// A notification, at the front of `current`.
+    Notification,
+    /// A marker, removed; an error; or the end of the stream (`None`).
+    Other(Option<OrmResult<ListenerEvent<N>>>),
 }
 
 impl FanoutReceiver {
     pub(crate) fn new(queue: Arc<FanoutQueue>) -> Self {
         FanoutReceiver {
             queue,
+            current: None,
             taken: VecDeque::new(),
-            held: 0,
         }
     }
 
-    /// Takes from the queue into the empty `taken`. `None`: nothing queued
-    /// yet; `Some(Some(end))`: the stream has ended.
-    fn fill(&mut self, consumer: Option<&Waker>) -> Option<Option<Option<OrmError>>> {
-        match self.queue.take(&mut self.taken, consumer) {
-            Taken::Some(notifications) => {
-                self.held += notifications;
-                Some(None)
-            }
-            Taken::Nothing => None,
-            Taken::End(error) => Some(Some(error)),
+    /// Whether the next event is a notification of `current`.
+    #[inline]
+    fn has_current(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|batch| batch.start < batch.end)
+    }
+
+    /// Readies the next event once `current` is spent: the next batch of
+    /// `taken` (taken from the queue first if `taken` is empty) becomes
+    /// `current`, or the next marker is removed and returned. `None` when
+    /// nothing is queued now; the consumer's waker, if given, is registered.
+    fn advance<N>(&mut self, consumer: Option<&Waker>) -> Option<Found<N>> {
+        // Spent: let its run go back to the hub's spares.
+        self.current = None;
+        loop {
+            let other = match self.taken.pop_front() {
+                Some(ListenerEvent::Notification(batch)) => {
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    self.current = Some(batch);
+                    return Some(Found::Notification);
+                }
+                Some(ListenerEvent::Reconnected { generation }) => {
+                    Some(Ok(ListenerEvent::Reconnected { generation }))
+                }
+                Some(ListenerEvent::Lagged { dropped }) => {
+                    Some(Ok(ListenerEvent::Lagged { dropped }))
+                }
+                None => match self.queue.take(&mut self.taken, consumer) {
+                    Taken::Some(_) => continue,
+                    Taken::Nothing => return None,
+                    Taken::End(error) => error.map(Err),
+                },
+            };
+            return Some(Found::Other(other));
         }
+    }
+
+    /// The next notification of `current`, which
+    /// [`has_current`](Self::has_current) or [`advance`](Self::advance)
+    /// found there, lent: `current` stays, spent or not, until the next
+    /// read.
+    #[inline]
+    fn lend_current(&mut self) -> &Arc<PgNotification> {
+        let Some(batch) = self.current.as_mut() else {
+            unreachable!("a notification is at the front of current");
+        };
+        batch.start += 1;
+        &batch.run.notifications()[batch.start - 1]
     }
 
     /// The next notification or marker; `None` when nothing is queued now.
@@ -360,107 +414,13 @@ impl FanoutReceiver {
         &mut self,
         consumer: Option<&Waker>,
     ) -> Option<Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> {
-        // The common case, a notification of a batch already taken, in as
-        // few steps as it takes: one reference count, no lock.
-        if let Some(ListenerEvent::Notification(batch)) = self.taken.front_mut() {
-            if batch.start < batch.end {
-                let notification = batch.run[batch.start].clone();
-                // In place: replacing the batch would count its run twice.
-                batch.start += 1;
-                if batch.start == batch.end {
-                    self.taken.pop_front();
-                }
-                self.held -= 1;
-                return Some(Some(Ok(ListenerEvent::Notification(notification))));
-            }
-            // Spent by `next_ref`, which cannot pop what it lent.
-            self.taken.pop_front();
-            return self.next(consumer);
-        }
-        self.next_slow(consumer)
-    }
-
-    /// Pops the batch at the front if a view read ([`NextRef`]) handed out
-    /// the last of it (it cannot pop the batch it lends from).
-    #[inline]
-    fn discard_spent(&mut self) {
-        if let Some(ListenerEvent::Notification(batch)) = self.taken.front() {
-            if batch.is_empty() {
-                self.taken.pop_front();
+        if !self.has_current() {
+            if let Found::Other(other) = self.advance(consumer)? {
+                return Some(other);
             }
         }
-    }
-
-    /// Readies the next event for [`NextRef`]: a marker is removed and
-    /// returned; `Notification(())` says that a notification is at the front
-    /// of `taken`, for [`lend_front`](Self::lend_front) to hand out. The
-    /// consumer's waker is registered when nothing is queued.
-    #[inline]
-    fn poll_ref(&mut self, cx: &mut Context<'_>) -> Poll<Option<OrmResult<ListenerEvent<()>>>> {
-        loop {
-            match self.taken.front() {
-                Some(ListenerEvent::Notification(batch)) if !batch.is_empty() => {
-                    return Poll::Ready(Some(Ok(ListenerEvent::Notification(()))));
-                }
-                Some(ListenerEvent::Notification(_)) => {
-                    self.taken.pop_front();
-                }
-                Some(_) => {
-                    return Poll::Ready(Some(Ok(match self.taken.pop_front() {
-                        Some(ListenerEvent::Reconnected { generation }) => {
-                            ListenerEvent::Reconnected { generation }
-                        }
-                        Some(ListenerEvent::Lagged { dropped }) => {
-                            ListenerEvent::Lagged { dropped }
-                        }
-                        _ => unreachable!("a marker is at the front"),
-                    })));
-                }
-                None => match self.fill(Some(cx.waker())) {
-                    None => return Poll::Pending,
-                    Some(Some(end)) => return Poll::Ready(end.map(Err)),
-                    Some(None) => continue,
-                },
-            }
-        }
-    }
-
-    /// Hands out the notification at the front of `taken` (which
-    /// [`poll_ref`](Self::poll_ref) found) as a view into its batch. The
-    /// batch stays at the front, spent or not, until the next read: the
-    /// view borrows it.
-    #[inline]
-    fn lend_front(&mut self) -> &PgNotification {
-        let Some(ListenerEvent::Notification(batch)) = self.taken.front_mut() else {
-            unreachable!("poll_ref found a notification at the front");
-        };
-        batch.start += 1;
-        self.held -= 1;
-        &batch.run[batch.start - 1]
-    }
-
-    /// [`next`](Self::next) when no notification is at the front: a marker,
-    /// or a take from the queue.
-    #[cold]
-    fn next_slow(
-        &mut self,
-        consumer: Option<&Waker>,
-    ) -> Option<Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> {
-        match self.taken.pop_front() {
-            Some(ListenerEvent::Reconnected { generation }) => {
-                Some(Some(Ok(ListenerEvent::Reconnected { generation })))
-            }
-            Some(ListenerEvent::Lagged { dropped }) => {
-                Some(Some(Ok(ListenerEvent::Lagged { dropped })))
-            }
-            Some(ListenerEvent::Notification(_)) => {
-                unreachable!("next() takes the notifications at the front")
-            }
-            None => match self.fill(consumer)? {
-                Some(end) => Some(end.map(Err)),
-                None => self.next(None),
-            },
-        }
+        let notification = Arc::clone(self.lend_current());
+        Some(Some(Ok(ListenerEvent::Notification(notification))))
     }
 
     /// The next batch (what is left of it) or marker; `None` when nothing
@@ -469,17 +429,13 @@ impl FanoutReceiver {
         &mut self,
         consumer: Option<&Waker>,
     ) -> Option<Option<OrmResult<ListenerEvent<NotificationBatch>>>> {
-        self.discard_spent();
-        if self.taken.is_empty() {
-            if let Some(end) = self.fill(consumer)? {
-                return Some(end.map(Err));
+        if !self.has_current() {
+            if let Found::Other(other) = self.advance(consumer)? {
+                return Some(other);
             }
         }
-        let event = self.taken.pop_front()?;
-        if let ListenerEvent::Notification(batch) = &event {
-            self.held -= batch.len();
-        }
-        Some(Some(Ok(event)))
+        let batch = self.current.take()?;
+        Some(Some(Ok(ListenerEvent::Notification(batch))))
     }
 
     /// The next notification or marker, or `Pending` with the consumer's
@@ -513,9 +469,18 @@ impl FanoutReceiver {
     /// The queue's counters, counting what this receiver holds as queued,
     /// not delivered (so they still balance).
     pub(crate) fn counts(&self) -> Counts {
+        let held = self.current.as_ref().map_or(0, |batch| batch.len())
+            + self
+                .taken
+                .iter()
+                .map(|item| match item {
+                    ListenerEvent::Notification(batch) => batch.len(),
+                    _ => 0,
+                })
+                .sum::<usize>();
         let mut counts = self.queue.counts();
-        counts.delivered -= self.held as u64;
-        counts.queued += self.held;
+        counts.delivered -= held as u64;
+        counts.queued += held;
         counts
     }
 }
@@ -545,29 +510,26 @@ impl<'a> std::future::Future for NextRef<'a> {
             .receiver
             .take()
             .expect("NextRef polled after it completed");
-        Poll::Ready(match receiver.poll_ref(cx) {
-            Poll::Pending => {
-                self.receiver = Some(receiver);
-                return Poll::Pending;
+        if !receiver.has_current() {
+            match receiver.advance(Some(cx.waker())) {
+                None => {
+                    self.receiver = Some(receiver);
+                    return Poll::Pending;
+                }
+                Some(Found::Other(other)) => return Poll::Ready(other),
+                Some(Found::Notification) => {}
             }
-            Poll::Ready(Some(Ok(ListenerEvent::Notification(())))) => {
-                Some(Ok(ListenerEvent::Notification(receiver.lend_front())))
-            }
-            Poll::Ready(Some(Ok(ListenerEvent::Reconnected { generation }))) => {
-                Some(Ok(ListenerEvent::Reconnected { generation }))
-            }
-            Poll::Ready(Some(Ok(ListenerEvent::Lagged { dropped }))) => {
-                Some(Ok(ListenerEvent::Lagged { dropped }))
-            }
-            Poll::Ready(Some(Err(error))) => Some(Err(error)),
-            Poll::Ready(None) => None,
-        })
+        }
+        Poll::Ready(Some(Ok(ListenerEvent::Notification(
+            &**receiver.lend_current(),
+        ))))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listen::run::Spares;
     use std::future::Future;
 
     fn batch(payloads: &[&str]) -> NotificationBatch {
@@ -582,7 +544,7 @@ mod tests {
                 })
             })
             .collect();
-        NotificationBatch::new(run)
+        NotificationBatch::new(Run::new(run, None))
     }
 
     fn queue(capacity: usize, policy: QueuePolicy) -> Arc<FanoutQueue> {
@@ -788,6 +750,93 @@ mod tests {
         assert_eq!(poll(&mut receiver), "end");
     }
 
+    /// A batch whose run gives its notifications back to `spares`, made as
+    /// the router makes them.
+    fn spared_batch(spares: &Arc<Spares>, payloads: &[&str]) -> NotificationBatch {
+        let mut kept = spares.take();
+        let mut run = kept.run(payloads.len());
+        for payload in payloads {
+            let raw = crate::listen::event::RawNotification::from_parts(
+                1,
+                "c",
+                payload,
+                std::time::SystemTime::UNIX_EPOCH,
+            );
+            run.push(kept.notification(&raw));
+        }
+        spares.put_back(kept);
+        NotificationBatch::new(Run::new(run, Some(spares.clone())))
+    }
+
+    /// A run is filled in again only once no subscriber holds any of it: a
+    /// slow subscriber's batch keeps its notifications as they were, however
+    /// many runs the others have read and dropped meanwhile.
+    #[test]
+    fn a_slow_subscriber_keeps_its_batch_while_the_others_runs_are_filled_in_again() {
+        let spares = Arc::new(Spares::default());
+        let (fast, slow) = (
+            queue(64, QueuePolicy::DropOldest),
+            queue(64, QueuePolicy::DropOldest),
+        );
+        let mut fast_receiver = FanoutReceiver::new(fast.clone());
+        let mut slow_receiver = FanoutReceiver::new(slow.clone());
+        let first = spared_batch(&spares, &["1", "2", "3"]);
+        let _ = fast.push(&first);
+        let _ = slow.push(&first);
+        drop(first);
+        let Some(Some(Ok(ListenerEvent::Notification(held)))) = slow_receiver.next_batch(None)
+        else {
+            panic!("the slow subscriber's batch");
+        };
+        for round in 0..4 {
+            assert_eq!(drain_refs(&mut fast_receiver).len(), 3);
+            // The fast subscriber's read that finds nothing lets its spent
+            // batch go.
+            assert!(fast_receiver.next_batch(None).is_none());
+            let payloads = [round.to_string(), "x".into(), "y".into()];
+            let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+            let next = spared_batch(&spares, &refs);
+            let _ = fast.push(&next);
+        }
+        let payloads: Vec<&str> = held.iter().map(|n| n.payload.as_str()).collect();
+        assert_eq!(payloads, ["1", "2", "3"], "the held run was not reused");
+        drop(held);
+        assert!(slow_receiver.next_batch(None).is_none());
+        assert_eq!(
+            spares.take().len(),
+            3,
+            "the first run came back once the slow subscriber let it go"
+        );
+    }
+
+    /// Reading one notification at a time and then finding nothing releases
+    /// the spent batch (its run goes back to the spares), and the counts
+    /// balance at each step.
+    #[test]
+    fn a_spent_batch_is_released_by_the_read_that_finds_nothing() {
+        let spares = Arc::new(Spares::default());
+        let queue = queue(8, QueuePolicy::DropOldest);
+        let mut receiver = FanoutReceiver::new(queue.clone());
+        let _ = queue.push(&spared_batch(&spares, &["1", "2"]));
+        assert_eq!(
+            describe(receiver.try_next().unwrap().unwrap().unwrap()),
+            "1"
+        );
+        assert_eq!(triple(receiver.counts()), (1, 0, 1));
+        {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut read = std::pin::pin!(NextRef::new(&mut receiver));
+            match read.as_mut().poll(&mut cx) {
+                Poll::Ready(Some(Ok(ListenerEvent::Notification(n)))) => assert_eq!(n.payload, "2"),
+                _ => panic!("a notification"),
+            }
+        }
+        assert_eq!(triple(receiver.counts()), (2, 0, 0));
+        assert_eq!(spares.take().len(), 0, "spent but held");
+        assert!(receiver.try_next().is_none());
+        assert_eq!(spares.take().len(), 2, "released");
+    }
+
     #[test]
     fn pushes_hand_back_the_waiting_consumer_instead_of_waking_it() {
         let queue = queue(4, QueuePolicy::DropOldest);
@@ -849,7 +898,7 @@ mod tests {
                 .items
                 .iter()
                 .map(|item| match item {
-                    ListenerEvent::Notification(batch) => batch.run.len(),
+                    ListenerEvent::Notification(batch) => batch.run.notifications().len(),
                     _ => 0,
                 })
                 .sum();

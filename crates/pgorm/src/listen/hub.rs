@@ -3,6 +3,7 @@
 //! the listener's; the router (`router.rs`) copies each notification into
 //! the queue of every subscription of its channel.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -505,8 +506,12 @@ impl Subscription {
     ///
     /// # Cancel safety
     /// Cancel safe: a notification is removed only when it is returned.
-    pub async fn next(&mut self) -> Option<OrmResult<Arc<PgNotification>>> {
-        std::future::poll_fn(|cx| skip_markers(|| self.receiver.poll_next(cx))).await
+    // An async read, as tokio's `recv` and sqlx's `recv`: not `Iterator::next`.
+    #[allow(clippy::should_implement_trait)]
+    #[inline]
+    pub fn next(&mut self) -> impl Future<Output = Option<OrmResult<Arc<PgNotification>>>> + '_ {
+        // As `next_ref`: the future itself, not an `async fn`'s around it.
+        std::future::poll_fn(|cx| skip_markers(|| self.receiver.poll_next(cx)))
     }
 
     /// The next event, markers included, in order.
@@ -514,8 +519,10 @@ impl Subscription {
     /// # Cancel safety
     /// Cancel safe, as [`next`](Self::next).
     #[inline]
-    pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent<Arc<PgNotification>>>> {
-        std::future::poll_fn(|cx| self.receiver.poll_next(cx)).await
+    pub fn next_event(
+        &mut self,
+    ) -> impl Future<Output = Option<OrmResult<ListenerEvent<Arc<PgNotification>>>>> + '_ {
+        std::future::poll_fn(|cx| self.receiver.poll_next(cx))
     }
 
     /// The next event, markers included, in order, with its notification
@@ -556,8 +563,12 @@ impl Subscription {
     /// # Cancel safety
     /// Cancel safe, as [`next`](Self::next).
     #[inline]
-    pub async fn next_ref(&mut self) -> Option<OrmResult<ListenerEvent<&PgNotification>>> {
-        NextRef::new(&mut self.receiver).await
+    pub fn next_ref(
+        &mut self,
+    ) -> impl Future<Output = Option<OrmResult<ListenerEvent<&PgNotification>>>> + '_ {
+        // The future itself, not an `async fn`'s around it: a read is one
+        // future's poll, not two.
+        NextRef::new(&mut self.receiver)
     }
 
     /// The next [`NotificationBatch`] (the notifications that arrived
@@ -597,8 +608,11 @@ impl Subscription {
     ///
     /// # Cancel safety
     /// Cancel safe, as [`next`](Self::next).
-    pub async fn next_batch(&mut self) -> Option<OrmResult<ListenerEvent<NotificationBatch>>> {
-        std::future::poll_fn(|cx| self.receiver.poll_next_batch(cx)).await
+    #[inline]
+    pub fn next_batch(
+        &mut self,
+    ) -> impl Future<Output = Option<OrmResult<ListenerEvent<NotificationBatch>>>> + '_ {
+        std::future::poll_fn(|cx| self.receiver.poll_next_batch(cx))
     }
 
     /// The next queued event without waiting: `Ok(None)` when nothing is

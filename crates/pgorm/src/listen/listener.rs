@@ -2,6 +2,7 @@
 //! [`PgListenerHandle`], its cloneable control handle; and
 //! [`PgListenerStream`], the listener as a `Stream`.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -306,8 +307,13 @@ impl PgListener {
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before it completes, no
     /// notification is lost; it stays queued for the next call.
-    pub async fn next(&mut self) -> Option<OrmResult<PgNotification>> {
-        std::future::poll_fn(|cx| skip_markers(|| self.receiver.poll_next(cx))).await
+    // An async read, as tokio's `recv` and sqlx's `recv`: not `Iterator::next`.
+    #[allow(clippy::should_implement_trait)]
+    #[inline]
+    pub fn next(&mut self) -> impl Future<Output = Option<OrmResult<PgNotification>>> + '_ {
+        // The future itself, not an `async fn`'s around it: a read is one
+        // future's poll, and the notification is moved out once, not twice.
+        std::future::poll_fn(|cx| skip_markers(|| self.receiver.poll_next(cx)))
     }
 
     /// The next event: a notification or, in order with them, a
@@ -315,8 +321,10 @@ impl PgListener {
     ///
     /// # Cancel safety
     /// Cancel safe, as [`next`](Self::next).
-    pub async fn next_event(&mut self) -> Option<OrmResult<ListenerEvent>> {
-        std::future::poll_fn(|cx| self.receiver.poll_next(cx)).await
+    #[inline]
+    pub fn next_event(&mut self) -> impl Future<Output = Option<OrmResult<ListenerEvent>>> + '_ {
+        // As `next`: the future itself.
+        std::future::poll_fn(|cx| self.receiver.poll_next(cx))
     }
 
     /// The next queued notification without waiting (markers passed over):

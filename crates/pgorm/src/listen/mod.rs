@@ -65,6 +65,7 @@ mod queue;
 #[cfg(test)]
 mod review_queue_tests;
 mod router;
+mod run;
 mod session;
 mod sink;
 #[cfg(feature = "json")]

@@ -595,6 +595,7 @@ pub(super) fn push_marker<N>(items: &mut VecDeque<ListenerEvent<N>>, marker: Lis
 mod tests {
     use super::*;
     use crate::listen::event::RawNotification;
+    use crate::tap::ReadText;
     use std::task::Waker;
 
     fn notification(payload: &str) -> RawEvent {
@@ -656,12 +657,11 @@ mod tests {
     #[test]
     fn drop_newest_keeps_no_dropped_text_alive() {
         let queue = queue(2, QueuePolicy::DropNewest);
-        let text: Arc<str> = Arc::from("c1c2c3");
+        let text = ReadText::shared(std::time::SystemTime::UNIX_EPOCH, "c1c2c3".into());
         let read: VecDeque<RawEvent> = (0..3u32)
             .map(|i| {
                 ListenerEvent::Notification(RawNotification::new(
                     1,
-                    std::time::SystemTime::UNIX_EPOCH,
                     text.clone(),
                     (2 * i, 2 * i + 1),
                     (2 * i + 1, 2 * i + 2),

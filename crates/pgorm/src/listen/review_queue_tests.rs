@@ -12,9 +12,10 @@ use std::time::SystemTime;
 use crate::listen::config::QueuePolicy;
 use crate::listen::event::{ListenerEvent, RawEvent, RawNotification};
 use crate::listen::queue::{EventQueue, Receiver};
+use crate::tap::ReadText;
 
 /// One read of `count` notifications "c<n>", sharing one text.
-fn one_read(count: u32) -> (Arc<str>, VecDeque<RawEvent>) {
+fn one_read(count: u32) -> (Arc<ReadText>, VecDeque<RawEvent>) {
     let mut text = String::new();
     let mut bounds = Vec::new();
     for n in 0..count {
@@ -24,17 +25,11 @@ fn one_read(count: u32) -> (Arc<str>, VecDeque<RawEvent>) {
         text.push_str(&n.to_string());
         bounds.push(((at, split), (split, text.len() as u32)));
     }
-    let text: Arc<str> = Arc::from(text);
+    let text = ReadText::shared(SystemTime::UNIX_EPOCH, text);
     let read = bounds
         .into_iter()
         .map(|(channel, payload)| {
-            ListenerEvent::Notification(RawNotification::new(
-                1,
-                SystemTime::UNIX_EPOCH,
-                text.clone(),
-                channel,
-                payload,
-            ))
+            ListenerEvent::Notification(RawNotification::new(1, text.clone(), channel, payload))
         })
         .collect();
     (text, read)

@@ -15,6 +15,7 @@ use crate::listen::event::{ListenerEvent, PgNotification, RawEvent};
 use crate::listen::fanout::{FanoutQueue, NotificationBatch};
 use crate::listen::hooks::HookSlot;
 use crate::listen::queue::QueueCounters;
+use crate::listen::run::{Run, Spares};
 use crate::listen::sink::{Dropped, Pushed, Sink};
 
 /// The hub's [`Sink`]: channel name → subscriptions.
@@ -36,6 +37,8 @@ pub(super) struct Router {
     pub(super) hooks: HookSlot,
     pub(super) capacity: usize,
     pub(super) policy: QueuePolicy,
+    /// The notifications of dropped runs, filled in again for new ones.
+    spares: Arc<Spares>,
 }
 
 pub(super) struct Route {
@@ -57,6 +60,7 @@ impl Router {
             hooks: config.hooks.clone(),
             capacity: config.queue_capacity,
             policy: config.queue_policy,
+            spares: Arc::default(),
         }
     }
 
@@ -166,7 +170,7 @@ impl Router {
         };
         self.routed.fetch_add(count, Ordering::Relaxed);
         route.received += count;
-        let batch = NotificationBatch::new(notifications);
+        let batch = NotificationBatch::new(Run::new(notifications, Some(self.spares.clone())));
         let mut dropped = 0;
         for (_, queue) in &route.subscribers {
             let pushed = queue.push(&batch);
@@ -190,6 +194,9 @@ impl Sink for Router {
         drops: &mut Vec<Dropped>,
     ) -> Pushed {
         let mut wake = self.take_wake_buffer();
+        // Spare notifications to fill in, held for the whole batch: two
+        // takes of their lock per batch, not one per notification.
+        let mut spares = self.spares.take();
         let mut routes = self.lock();
         // Notifications between markers, grouped by channel in arrival order.
         let mut groups: Vec<(String, Vec<Arc<PgNotification>>)> = Vec::new();
@@ -212,13 +219,13 @@ impl Sink for Router {
                         .iter_mut()
                         .find(|(channel, _)| channel == notification.channel())
                     {
-                        Some((_, group)) => group.push(Arc::new(notification.to_notification())),
+                        Some((_, group)) => group.push(spares.notification(&notification)),
                         None => {
                             let channel = notification.channel().to_owned();
                             // Most batches are of one channel: room for all.
                             let room = if groups.is_empty() { total } else { 1 };
-                            let mut group = Vec::with_capacity(room);
-                            group.push(Arc::new(notification.to_notification()));
+                            let mut group = spares.run(room);
+                            group.push(spares.notification(&notification));
                             groups.push((channel, group));
                         }
                     }
@@ -239,6 +246,7 @@ impl Sink for Router {
         flush(&mut routes, &mut groups, &mut wake);
         self.received.fetch_add(received, Ordering::Relaxed);
         drop(routes);
+        self.spares.put_back(spares);
         if let Some(generation) = reconnected {
             // Watchers run no code here, but wake up: outside the lock too.
             self.reconnects.send_replace(generation);

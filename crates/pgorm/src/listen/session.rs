@@ -21,6 +21,7 @@ use crate::listen::config::{BoxError, ListenerSession, OnConnect};
 use crate::listen::event::{ListenerEvent, RawEvent, RawNotification};
 use crate::listen::health::Health;
 use crate::listen::trace;
+use crate::tap::wake_after_other_tasks;
 
 /// One connection and what is in flight on it.
 pub(super) struct Session {
@@ -429,6 +430,15 @@ pub(super) fn read_notifications(
     // One timestamp per wake-up: everything read now arrived together.
     let received_at = SystemTime::now();
     let mut read = 0;
+    // What the tap lifted and an earlier wake-up left (it was over that
+    // one's budget) comes first, and the connection is read only once it
+    // is under the budget: each poll of the connection can read the socket
+    // once more, and the tap would hold ever more than the driver takes.
+    if let Some(tap) = connection.tap() {
+        read += tap.drain(limit, |lifted| {
+            into.push_back(ListenerEvent::Notification(lifted));
+        });
+    }
     while read < limit {
         let polled = connection.poll_message(cx);
         // Notifications the connection's stream lifted out, already owned:
@@ -465,7 +475,7 @@ pub(super) fn read_notifications(
             Poll::Pending => {
                 if read >= limit {
                     // The tap may hold more than the budget took.
-                    cx.waker().wake_by_ref();
+                    wake_after_other_tasks(cx);
                 }
                 return (read, None);
             }
@@ -473,13 +483,78 @@ pub(super) fn read_notifications(
     }
     // The limit was reached with more to read: come back after the
     // consumer has had a turn.
-    cx.waker().wake_by_ref();
+    wake_after_other_tasks(cx);
     (read, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tap::NotificationTap;
+
+    /// A connection whose every poll reads the socket once: `per_read`
+    /// notifications lifted into its tap, and nothing for the connection.
+    struct Reading {
+        tap: NotificationTap,
+        per_read: usize,
+        polls: usize,
+    }
+
+    impl RawConnection for Reading {
+        fn poll_message(
+            &mut self,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<AsyncMessage, tokio_postgres::Error>>> {
+            self.polls += 1;
+            for _ in 0..self.per_read {
+                self.tap.lift(RawNotification::from_parts(
+                    1,
+                    "c",
+                    "p",
+                    SystemTime::UNIX_EPOCH,
+                ));
+            }
+            Poll::Pending
+        }
+
+        fn tap(&self) -> Option<&NotificationTap> {
+            Some(&self.tap)
+        }
+    }
+
+    /// A read lifts more than a wake-up's budget takes: the rest is taken
+    /// first by the next wake-up, which reads the socket only once under
+    /// the budget, so the tap never holds more than the budget and one read.
+    #[test]
+    fn what_the_tap_holds_is_taken_before_the_socket_is_read_again() {
+        let (limit, per_read) = (256, 670);
+        let mut connection = Reading {
+            tap: NotificationTap::default(),
+            per_read,
+            polls: 0,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut into = VecDeque::new();
+        let mut taken = 0;
+        for _ in 0..20 {
+            let (read, end) = read_notifications(&mut connection, &mut into, limit, &mut cx);
+            assert!(end.is_none());
+            assert!(read <= limit, "a wake-up takes at most its budget");
+            taken += read;
+            assert!(
+                connection.tap.len() < limit + per_read,
+                "the tap holds {} after {} reads",
+                connection.tap.len(),
+                connection.polls
+            );
+        }
+        assert_eq!(into.len(), taken);
+        assert_eq!(taken + connection.tap.len(), connection.polls * per_read);
+        assert!(
+            connection.polls < 20,
+            "wake-ups with a backlog read no socket"
+        );
+    }
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|name| name.to_string()).collect()

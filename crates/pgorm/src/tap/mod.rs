@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
 mod raw;
-pub(crate) use raw::RawNotification;
+pub(crate) use raw::{RawNotification, ReadText};
 
 /// Where a [`TapStream`] leaves the notifications it lifts out, until the
 /// driver takes them (after each poll of the connection).
@@ -63,6 +63,18 @@ impl NotificationTap {
         let count = lifted.len().min(limit);
         lifted.drain(..count).for_each(each);
         count
+    }
+
+    /// Adds a lifted notification, as a read would.
+    #[cfg(test)]
+    pub(crate) fn lift(&self, notification: RawNotification) {
+        self.lock().push_back(notification);
+    }
+
+    /// How many lifted notifications wait.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -259,23 +271,44 @@ impl<S> TapStream<S> {
         }
         // Each stretch was checked to be UTF-8, so the whole is (one check of
         // the whole read is cheaper than building it from the stretches);
-        // the lossy form is never needed.
-        let text: Arc<str> = match std::str::from_utf8(&self.text) {
-            Ok(text) => Arc::from(text),
-            Err(_) => Arc::from(&*String::from_utf8_lossy(&self.text)),
+        // the lossy form is never needed. The bytes become the shared text
+        // as they are, not copied; the next read's text starts with room for
+        // a little more than this one's.
+        let room = self.text.len() + self.text.len() / 4;
+        let bytes = std::mem::replace(&mut self.text, Vec::with_capacity(room));
+        let mut text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
         };
-        self.text.clear();
+        // The notifications keep the whole allocation alive: not much more
+        // than their text (a read after a larger one has room to spare).
+        if text.capacity() > text.len() + text.len() / 4 + 64 {
+            text.shrink_to_fit();
+        }
+        let read = ReadText::shared(received_at, text);
         let lifted = self.lifted.drain(..).map(|lifted| {
             RawNotification::new(
                 lifted.process_id,
-                received_at,
-                text.clone(),
+                read.clone(),
                 lifted.channel,
                 lifted.payload,
             )
         });
         self.tap.lock().extend(lifted);
     }
+}
+
+/// Wakes the current task once the runtime has given the other ready ones
+/// a turn: tokio's `yield_now`, whose first poll defers the wake-up. A
+/// plain `wake_by_ref` puts the task straight back in the run queue, where
+/// a current-thread runtime runs it again up to 61 times before it polls
+/// its `block_on` future: a listener read from there would fall ever
+/// further behind its driver (and its queue grow) however fast it reads.
+/// Outside a runtime this is `wake_by_ref`.
+pub(crate) fn wake_after_other_tasks(cx: &mut Context<'_>) {
+    let mut yielded = std::pin::pin!(tokio::task::yield_now());
+    // The first poll defers the wake-up and is always pending.
+    let _ = std::future::Future::poll(yielded.as_mut(), cx);
 }
 
 /// Where the first NUL byte of `bytes` is, eight bytes at a time.
@@ -406,7 +439,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for TapStream<S> {
             // what was lifted before reading on.
             if reads == 1 {
                 this.hand_over(received_at);
-                cx.waker().wake_by_ref();
+                wake_after_other_tasks(cx);
                 return Poll::Pending;
             }
             if this.start > 0 {
