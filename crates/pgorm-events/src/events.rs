@@ -184,36 +184,23 @@ impl Events {
     ) -> EventsResult<Published> {
         event.validate()?;
         let delay = event.delay_secs();
+        let params: [&(dyn pgorm::ToSql + Sync); 7] = [
+            &event.event_type,
+            &event.payload,
+            &event.priority,
+            &event.run_at,
+            &delay,
+            &event.max_attempts,
+            &event.idempotency_key,
+        ];
         if event.idempotency_key.is_none() {
+            // The keyless insert takes every parameter but the key.
             let row = client
-                .query_one(
-                    &self.sql.publish_keyless,
-                    &[
-                        &event.event_type,
-                        &event.payload,
-                        &event.priority,
-                        &event.run_at,
-                        &delay,
-                        &event.max_attempts,
-                    ],
-                )
+                .query_one(&self.sql.publish_keyless, &params[..6])
                 .await?;
             return Ok(Published::Inserted { id: row.get(0) });
         }
-        let row = client
-            .query_opt(
-                &self.sql.publish,
-                &[
-                    &event.event_type,
-                    &event.payload,
-                    &event.priority,
-                    &event.run_at,
-                    &delay,
-                    &event.max_attempts,
-                    &event.idempotency_key,
-                ],
-            )
-            .await?;
+        let row = client.query_opt(&self.sql.publish, &params).await?;
         if let Some(row) = row {
             return Ok(Published::Inserted { id: row.get(0) });
         }

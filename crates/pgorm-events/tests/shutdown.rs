@@ -34,6 +34,21 @@ async fn pool_behind(
     (client, workers)
 }
 
+/// A router whose "stuck" handler tells the receiver it started, then never
+/// returns.
+fn stuck_router() -> (Router, tokio::sync::mpsc::Receiver<()>) {
+    let (started_tx, started_rx) = tokio::sync::mpsc::channel(1);
+    let router = Router::new().on("stuck", move |_event| {
+        let started_tx = started_tx.clone();
+        async move {
+            let _ = started_tx.send(()).await;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    (router, started_rx)
+}
+
 #[tokio::test]
 async fn a_claim_hanging_on_a_cut_off_connection_does_not_hang_the_shutdown() {
     let (url, _client, events) = setup().await;
@@ -65,15 +80,7 @@ async fn a_release_hanging_on_a_cut_off_connection_times_out() {
     let proxy = FaultProxy::start(TestServer::shared().port())
         .await
         .unwrap();
-    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
-    let router = Router::new().on("stuck", move |_event| {
-        let started_tx = started_tx.clone();
-        async move {
-            let _ = started_tx.send(()).await;
-            std::future::pending::<()>().await;
-            Ok(())
-        }
-    });
+    let (router, mut started_rx) = stuck_router();
     let lease = Duration::from_secs(1);
     let config = WorkerConfig::new()
         .concurrency(1)
@@ -223,15 +230,7 @@ async fn no_handler_starts_after_shutdown_returned() {
 #[tokio::test]
 async fn a_zero_shutdown_timeout_still_releases() {
     let (_url, client, events) = setup_schema("zero_timeout").await;
-    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
-    let router = Router::new().on("stuck", move |_event| {
-        let started_tx = started_tx.clone();
-        async move {
-            let _ = started_tx.send(()).await;
-            std::future::pending::<()>().await;
-            Ok(())
-        }
-    });
+    let (router, mut started_rx) = stuck_router();
     let config = WorkerConfig::new()
         .concurrency(1)
         .shutdown_timeout(Duration::ZERO);
