@@ -469,7 +469,9 @@ impl Driver {
             session.sync(&self.shared.lock_channels());
         }
         // New statements are polled once before the socket so that their
-        // requests go out in this wake-up.
+        // requests go out in this wake-up (or, while the tap still holds a
+        // wake-up's budget of lifted notifications and the connection is
+        // not polled, in one of the next few).
         let health = session.poll_operations(&self.shared, cx);
         if let Some(end) = self.poll_health(session, health, cx) {
             return Poll::Ready(end);

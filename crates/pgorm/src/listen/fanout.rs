@@ -332,7 +332,7 @@ pub(crate) struct FanoutReceiver {
     /// comes before anything in `taken`. Reading the next notification of it
     /// is the common case, and looks at nothing else. A view read
     /// ([`NextRef`]) leaves it here spent until the next read, as the view
-    /// borrows it.
+    /// borrows it; an owned read lets it go once spent.
     current: Option<NotificationBatch>,
     /// Taken from the queue, after `current`.
     taken: VecDeque<Item>,
@@ -420,6 +420,11 @@ impl FanoutReceiver {
             }
         }
         let notification = Arc::clone(self.lend_current());
+        if !self.has_current() {
+            // Spent: its run may go back to the hub now, so that the last
+            // reader of a notification holds the only reference to it.
+            self.current = None;
+        }
         Some(Some(Ok(ListenerEvent::Notification(notification))))
     }
 

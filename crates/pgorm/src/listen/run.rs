@@ -113,13 +113,20 @@ impl Spares {
     fn give_back(&self, mut run: Vec<Arc<PgNotification>>) {
         let mut state = self.lock();
         let room = MAX_SPARES.saturating_sub(state.notifications.len());
-        // The small ones, up to the bound; the rest are freed with `run`.
-        let small = |notification: &Arc<PgNotification>| {
-            notification.channel.capacity() + notification.payload.capacity() <= MAX_SPARE_TEXT
+        // The small ones no one else holds, up to the bound; the others
+        // are freed (or left to their holders) with `run`.
+        // Only those no one else holds: one a subscriber kept is left to
+        // it alone (its `Arc::try_unwrap` works, a handler takes it without
+        // a copy, and the spares keep nothing alive for it).
+        let reusable = |notification: &Arc<PgNotification>| {
+            Arc::strong_count(notification) == 1
+                && Arc::weak_count(notification) == 0
+                && notification.channel.capacity() + notification.payload.capacity()
+                    <= MAX_SPARE_TEXT
         };
         let mut kept = 0;
         for notification in run.drain(..) {
-            if kept < room && small(&notification) {
+            if kept < room && reusable(&notification) {
                 state.notifications.push(notification);
                 kept += 1;
             }

@@ -43,7 +43,8 @@ mod raw;
 pub(crate) use raw::{RawNotification, ReadText};
 
 /// Where a [`TapStream`] leaves the notifications it lifts out, until the
-/// driver takes them (after each poll of the connection).
+/// driver takes them (after each poll of the connection, and before the
+/// next one when a wake-up's budget left some).
 #[derive(Debug, Default)]
 pub(crate) struct NotificationTap {
     lifted: Mutex<VecDeque<RawNotification>>,
@@ -298,17 +299,30 @@ impl<S> TapStream<S> {
     }
 }
 
-/// Wakes the current task once the runtime has given the other ready ones
-/// a turn: tokio's `yield_now`, whose first poll defers the wake-up. A
-/// plain `wake_by_ref` puts the task straight back in the run queue, where
-/// a current-thread runtime runs it again up to 61 times before it polls
-/// its `block_on` future: a listener read from there would fall ever
-/// further behind its driver (and its queue grow) however fast it reads.
-/// Outside a runtime this is `wake_by_ref`.
+/// Wakes the current task to run again after the other ready ones. On a
+/// current-thread runtime this is tokio's `yield_now`, whose first poll
+/// defers the wake-up: a plain `wake_by_ref` puts the task straight back in
+/// the run queue, where the runtime runs it again up to 61 times before it
+/// polls its `block_on` future, so a listener read from there would fall
+/// ever further behind its driver (and its queue grow) however fast it
+/// reads. Elsewhere (a multi-thread runtime, or no runtime) it is
+/// `wake_by_ref`: a deferred wake-up waits for its own worker to park, and
+/// a task that keeps that worker busy would strand the driver while another
+/// worker, which cannot steal a deferred task, sits idle.
 pub(crate) fn wake_after_other_tasks(cx: &mut Context<'_>) {
-    let mut yielded = std::pin::pin!(tokio::task::yield_now());
-    // The first poll defers the wake-up and is always pending.
-    let _ = std::future::Future::poll(yielded.as_mut(), cx);
+    let current_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        matches!(
+            runtime.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        )
+    });
+    if current_thread {
+        let mut yielded = std::pin::pin!(tokio::task::yield_now());
+        // The first poll defers the wake-up and is always pending.
+        let _ = std::future::Future::poll(yielded.as_mut(), cx);
+    } else {
+        cx.waker().wake_by_ref();
+    }
 }
 
 /// Where the first NUL byte of `bytes` is, eight bytes at a time.
