@@ -221,6 +221,15 @@ pub(crate) struct Statements {
     pub prune_completed: String,
 }
 
+/// The events of the leases `$1` (ids) and `$2` (tokens), as `e`: each
+/// found by its id through the primary key, whatever the planner believes
+/// of the table's size (a join with the pairs, planned against statistics
+/// of a mostly-dead table, became a full scan of the primary key). The
+/// pairs need no join: a token is issued for one claim of one event, so
+/// an event whose id is listed and whose token is listed holds a listed
+/// pair.
+const BY_LEASE: &str = "e.id = ANY($1::int8[]) AND e.lease_token = ANY($2::int8[])";
+
 const EVENT_COLUMNS: &str = "e.id, e.event_type, e.payload::text, e.priority, e.attempts, \
      e.max_attempts, e.run_at, e.created_at, e.idempotency_key, e.lease_token";
 
@@ -351,14 +360,12 @@ impl Statements {
             renew: format!(
                 "UPDATE {s}.events e \
                  SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8) \
-                 FROM unnest($1::int8[], $2::int8[]) AS l(id, token) \
-                 WHERE e.id = l.id AND e.lease_token = l.token RETURNING e.id"
+                 WHERE {BY_LEASE} RETURNING e.id"
             ),
             release: format!(
                 "UPDATE {s}.events e SET lease_token = NULL, lease_expires_at = NULL, \
                  attempts = greatest(e.attempts - 1, 0) \
-                 FROM unnest($1::int8[], $2::int8[]) AS l(id, token) \
-                 WHERE e.id = l.id AND e.lease_token = l.token"
+                 WHERE {BY_LEASE}"
             ),
             wake: format!("SELECT pg_notify({channel_literal}, '')"),
             stats_queue: format!(
@@ -456,15 +463,11 @@ impl Statements {
 /// and with `keep` also `kept`, their copies in `completed_events`.
 fn done(s: &str, keep: bool) -> String {
     let returned = if keep {
-        "e.id, e.event_type, e.payload, e.attempts, e.created_at, l.token"
+        "e.id, e.event_type, e.payload, e.attempts, e.created_at, e.lease_token AS token"
     } else {
-        "e.id, l.token"
+        "e.id, e.lease_token AS token"
     };
-    let done = format!(
-        "done AS (\
-           DELETE FROM {s}.events e USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
-           WHERE e.id = l.id AND e.lease_token = l.token RETURNING {returned})"
-    );
+    let done = format!("done AS (DELETE FROM {s}.events e WHERE {BY_LEASE} RETURNING {returned})");
     if !keep {
         return done;
     }
@@ -539,14 +542,17 @@ fn picked(s: &str, limit: &str, cursor: Option<[&str; 3]>, exclude: Option<&str>
 }
 
 /// Leases the `picked` events for `lease` seconds (a `float8` parameter),
-/// counting an attempt each, and returns them.
+/// counting an attempt each, and returns them. Each is found by its id
+/// through the primary key (as in [`BY_LEASE`]; a join with `picked` was
+/// planned as a full scan of it once the statistics saw a mostly-dead
+/// table).
 fn lease_picked(s: &str, sequence: &str, lease: &str) -> String {
     format!(
         "UPDATE {s}.events e SET \
            lease_token = nextval({sequence}), \
            lease_expires_at = clock_timestamp() + make_interval(secs => {lease}::float8), \
            attempts = e.attempts + 1 \
-         FROM picked WHERE e.id = picked.id \
+         WHERE e.id = ANY(ARRAY(SELECT id FROM picked)) \
          RETURNING {EVENT_COLUMNS}"
     )
 }
