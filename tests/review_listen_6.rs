@@ -40,7 +40,7 @@ fn url() -> String {
 async fn a_busy_worker_does_not_freeze_the_driver_while_another_worker_is_idle() {
     const TOTAL: usize = 60_000;
     let config = PgListenerConfig::new()
-        .application_name(&unique("review6_steal"))
+        .application_name(unique("review6_steal"))
         .health_check(Duration::from_secs(600), Duration::from_secs(5));
     let hub = within(
         "the hub connects",
@@ -148,7 +148,7 @@ async fn a_sole_subscriber_owns_what_it_has_read_past() {
         "the hub connects",
         PgNotifyHub::connect_with(
             &url(),
-            PgListenerConfig::new().application_name(&unique("review6_own")),
+            PgListenerConfig::new().application_name(unique("review6_own")),
         ),
     )
     .await
@@ -183,7 +183,7 @@ async fn a_sole_subscriber_owns_what_it_has_read_past() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_notification_then_a_busy_subscriber_does_not_freeze_the_hub() {
     let config = PgListenerConfig::new()
-        .application_name(&unique("review6_steal1"))
+        .application_name(unique("review6_steal1"))
         .health_check(Duration::from_secs(600), Duration::from_secs(5));
     let hub = within(
         "the hub connects",
