@@ -17,6 +17,20 @@ fn url() -> String {
     TestServer::shared().url()
 }
 
+/// A hub whose health check is far apart (as a quiet deployment might set
+/// it), so that only the driver's own wake-ups move it.
+async fn quiet_hub(name: &str) -> PgNotifyHub {
+    let config = PgListenerConfig::new()
+        .application_name(unique(name))
+        .health_check(Duration::from_secs(600), Duration::from_secs(5));
+    within(
+        "the hub connects",
+        PgNotifyHub::connect_with(&url(), config),
+    )
+    .await
+    .expect("hub")
+}
+
 /// R6-1. The driver now comes back from a wake-up that hit its budget (or a
 /// tap read that gave tokio-postgres nothing) with tokio's *deferred* wake
 /// (`yield_now`), not `wake_by_ref`. On the multi-thread runtime a deferred
@@ -39,15 +53,7 @@ fn url() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_worker_does_not_freeze_the_driver_while_another_worker_is_idle() {
     const TOTAL: usize = 60_000;
-    let config = PgListenerConfig::new()
-        .application_name(unique("review6_steal"))
-        .health_check(Duration::from_secs(600), Duration::from_secs(5));
-    let hub = within(
-        "the hub connects",
-        PgNotifyHub::connect_with(&url(), config),
-    )
-    .await
-    .expect("hub");
+    let hub = quiet_hub("review6_steal").await;
     let channel = unique("review6_steal_ch");
     // Y first, X second: the router wakes subscribers in order, and the
     // last one woken in a poll takes the LIFO slot of the driver's worker.
@@ -182,15 +188,7 @@ async fn a_sole_subscriber_owns_what_it_has_read_past() {
 /// returns, although the other worker is idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_notification_then_a_busy_subscriber_does_not_freeze_the_hub() {
-    let config = PgListenerConfig::new()
-        .application_name(unique("review6_steal1"))
-        .health_check(Duration::from_secs(600), Duration::from_secs(5));
-    let hub = within(
-        "the hub connects",
-        PgNotifyHub::connect_with(&url(), config),
-    )
-    .await
-    .expect("hub");
+    let hub = quiet_hub("review6_steal1").await;
     let channel = unique("review6_steal1_ch");
     let mut y = hub.subscribe(&channel).await.unwrap();
     let mut x = hub.subscribe(&channel).await.unwrap();
