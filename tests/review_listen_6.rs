@@ -126,13 +126,7 @@ async fn a_busy_worker_does_not_freeze_the_driver_while_another_worker_is_idle()
     let publisher = raw_client(&url()).await;
     send_numbered(&publisher, &channel, 0, TOTAL as i32).await;
 
-    let x_result = tokio::time::timeout(HANG * 2, x_task)
-        .await
-        .expect("X finishes or reports the stall")
-        .expect("X's task");
-    if let Err(stall) = x_result {
-        panic!("{stall}");
-    }
+    x_finished(x_task).await;
     within("Y receives everything", y_task).await.unwrap();
 }
 
@@ -234,6 +228,13 @@ async fn one_notification_then_a_busy_subscriber_does_not_freeze_the_hub() {
     send(&publisher, &channel, "1").await;
     within("X is woken and busy", x_busy.notified()).await;
     send(&publisher, &channel, "2").await;
+    x_finished(x_task).await;
+    within("Y receives both", y_task).await.unwrap();
+}
+
+/// Waits for X's task (bounded), failing the test with the stall it
+/// reports, if any.
+async fn x_finished<T>(x_task: tokio::task::JoinHandle<Result<T, String>>) {
     let x_result = tokio::time::timeout(HANG * 2, x_task)
         .await
         .expect("X finishes or reports the stall")
@@ -241,5 +242,4 @@ async fn one_notification_then_a_busy_subscriber_does_not_freeze_the_hub() {
     if let Err(stall) = x_result {
         panic!("{stall}");
     }
-    within("Y receives both", y_task).await.unwrap();
 }
